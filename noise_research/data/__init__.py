@@ -1,1 +1,45 @@
+"""Data: the batch-source contract, procedural images, scikit-image samples, TFDS + grain.
 
+TFDS and grain are imported lazily inside `tfds_images`, so this package imports without them.
+"""
+
+from noise_research.data.base import (
+    BatchSource,
+    ProcessSlice,
+    resize_gray,
+    rgb_to_gray,
+    uint8_scale_to_signed_unit,
+)
+from noise_research.data.procedural import (
+    ComicBatches,
+    comic_image,
+    constant_gray_batch,
+    gray_ramp,
+    gray_steps,
+)
+from noise_research.data.sample_images import SAMPLE_IMAGE_NAMES, sample_images
+from noise_research.data.tfds_images import (
+    DatasetNotPreparedError,
+    TfdsImageBatches,
+    gray_random_crop,
+    open_array_record_source,
+)
+
+__all__ = [
+    "SAMPLE_IMAGE_NAMES",
+    "BatchSource",
+    "ComicBatches",
+    "DatasetNotPreparedError",
+    "ProcessSlice",
+    "TfdsImageBatches",
+    "comic_image",
+    "constant_gray_batch",
+    "gray_ramp",
+    "gray_random_crop",
+    "gray_steps",
+    "open_array_record_source",
+    "resize_gray",
+    "rgb_to_gray",
+    "sample_images",
+    "uint8_scale_to_signed_unit",
+]
