@@ -1,0 +1,77 @@
+"""Noise maps for the Noise Incentive Block (NIB paper, section 3.2, "What role is the noise map?").
+
+The paper compares noise maps drawn from a normal distribution (its default, N(0, 0.3): DESIGN.md
+reads this as standard deviation 0.3 on data in [−1, 1]), a uniform distribution U(−0.3, 0.3), an
+impulse map of Bernoulli draws, and a "regular grid with alternative black and white lines" as the
+control that breaks the non-periodicity condition (ii) of section 3.1.
+"""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax.typing import Dtype
+
+NOISE_DISTRIBUTIONS = ("normal", "uniform", "bernoulli", "grid")
+"""The distributions `sample_noise_map` accepts; "grid" is deterministic and needs no key."""
+
+
+def validate_noise_distribution(distribution: str, scale: float) -> None:
+    """Raises a `ValueError` naming the argument when `distribution` or `scale` is not allowed.
+
+    `scale` is the standard deviation ("normal"), the half-width ("uniform"), the line amplitude
+    ("grid"), all ≥ 0, or the probability P(1) ("bernoulli"), in [0, 1].
+    """
+    if distribution not in NOISE_DISTRIBUTIONS:
+        raise ValueError(
+            f"distribution={distribution!r} is not supported; allowed: {NOISE_DISTRIBUTIONS}."
+        )
+    if distribution == "bernoulli":
+        if not 0.0 <= scale <= 1.0:
+            raise ValueError(
+                f"scale={scale!r} is the Bernoulli probability P(1) and must lie in [0, 1]."
+            )
+    elif scale < 0.0:
+        raise ValueError(f"scale={scale!r} must be >= 0 for distribution={distribution!r}.")
+
+
+def sample_noise_map(
+    key: jax.Array | None,
+    shape: Sequence[int],
+    distribution: str = "normal",
+    scale: float = 0.3,
+    dtype: Dtype = jnp.float32,
+) -> jax.Array:
+    """Samples a noise map N of `shape` (NHWC or HWC) for the NIB.
+
+    Args:
+      key: a PRNG key; ignored (and may be None) for the deterministic "grid".
+      shape: the map's shape. "grid" needs rank >= 3 (..., H, W, C): its lines run along W.
+      distribution: "normal": N(0, scale²), i.e. the paper's N(0.0, 0.3) with std = scale;
+        "uniform": U(−scale, scale); "bernoulli": values in {0, 1} with P(1) = scale (the impulse
+        map B of section 3.2); "grid": rows h alternate +scale (even h) and −scale (odd h), the
+        paper's regular-grid control, periodic with period 2 along H.
+      scale: see `distribution`.
+      dtype: the map's dtype.
+
+    Returns:
+      The noise map, of `shape` and `dtype`.
+    """
+    validate_noise_distribution(distribution, scale)
+    shape = tuple(shape)
+    if distribution == "grid":
+        if len(shape) < 3:
+            raise ValueError(
+                f"shape={shape} has rank {len(shape)}; distribution='grid' needs rank >= 3 "
+                "(..., H, W, C) to know which axis holds the rows."
+            )
+        row_signs = jnp.where(jnp.arange(shape[-3]) % 2 == 0, 1.0, -1.0)
+        rows = (scale * row_signs).astype(dtype)[:, None, None]
+        return jnp.broadcast_to(rows, shape)
+    if key is None:
+        raise ValueError(f"key=None: distribution={distribution!r} is random and needs a PRNG key.")
+    if distribution == "normal":
+        return (scale * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+    if distribution == "uniform":
+        return jax.random.uniform(key, shape, jnp.float32, -scale, scale).astype(dtype)
+    return jax.random.bernoulli(key, scale, shape).astype(dtype)
