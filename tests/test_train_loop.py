@@ -121,3 +121,18 @@ def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
         resumed = train(ToyTask(), _config(num_steps=6), str(tmp_path), devices=_cpu(1))
     assert resumed.resumed_from == 4
     assert "step 6" in caplog.text and "could not be restored" in caplog.text
+
+
+def test_partial_checkpoint_is_ignored_and_later_metrics_are_dropped(tmp_path):
+    """A save cut off mid-write (orbax's temporary folder) and a hard kill after logging."""
+    train(ToyTask(), _config(num_steps=6), str(tmp_path), devices=_cpu(1))
+    partial = tmp_path / "checkpoints" / "8.orbax-checkpoint-tmp-1234567"
+    partial.mkdir()
+    (partial / "state").write_bytes(b"half written")
+    # As if the process was killed after logging step 8 but before checkpoint 8 finished.
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 8, "split": "train", "loss": 123.0}\n')
+    resumed = train(ToyTask(), _config(num_steps=8), str(tmp_path), devices=_cpu(1))
+    assert resumed.resumed_from == 6 and resumed.step == 8
+    losses_at_8 = [r["loss"] for r in read_metrics(str(tmp_path), "train") if r["step"] == 8]
+    assert len(losses_at_8) == 1 and losses_at_8[0] != 123.0

@@ -1,1 +1,22 @@
+"""Trainers: one module per task, each with ``config_rules()`` and ``build(config) -> Task``.
 
+Modules are imported on demand, so a task's heavier dependencies load only when it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+TASK_MODULES = {
+    "halftone": "noise_research.tasks.halftone",
+}
+
+
+def task_module(name: str) -> ModuleType:
+    """The module of task ``name``; a clear error lists the known tasks."""
+    if name not in TASK_MODULES:
+        raise ValueError(
+            f"config.task = {name!r}: unknown task; allowed: {', '.join(TASK_MODULES)}"
+        )
+    return importlib.import_module(TASK_MODULES[name])

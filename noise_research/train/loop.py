@@ -40,6 +40,7 @@ class LoopConfig:
     log_every: int = 50
     eval_every: int = 500
     report_every: int = 0  # 0: pictures and tables only at the end
+    final_report: bool = True  # False: no pictures at the end either (sweeps, tests)
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     async_checkpoints: bool = True
@@ -196,7 +197,7 @@ def train(
                 save(state, step, force=True)
             eval_metrics = evaluate(state)
             writer.write(step, "eval", eval_metrics)
-            if is_chief:
+            if is_chief and config.final_report:
                 host_state = to_numpy(backend.host_state(state))
                 report_metrics = task.report(host_state, workdir, step)
                 writer.write(step, "report", report_metrics)

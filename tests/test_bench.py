@@ -1,0 +1,27 @@
+"""The benchmark command runs end to end and writes its JSON (tiny sizes; no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.test_main_cli import ROOT
+
+
+def test_halftone_benchmark_writes_json(tmp_path):
+    out = tmp_path / "halftone.json"
+    command = [
+        sys.executable, "-m", "noise_research.bench", "halftone", f"--out={out}",
+        "--models=resnet", "--batch-sizes=2", "--size=16", "--width=4", "--repeats=1",
+        "--inference-size=32",
+    ]  # fmt: skip
+    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    payload = json.loads(out.read_text())
+    assert payload["environment"]["platform"] == "cpu"
+    assert [(r["first_layer"], r["batch"]) for r in payload["train"]] == [("conv", 2), ("nib", 2)]
+    assert all(r["images_per_second"] > 0 for r in payload["train"])
+    assert "nib_overhead_percent" in payload["train"][-1]
+    methods = [r["method"] for r in payload["inference_1image"]]
+    assert methods == ["conv-resnet", "nib-resnet", "floyd_steinberg"]

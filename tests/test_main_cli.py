@@ -1,0 +1,114 @@
+"""The command line: bad configs stop before compiling; a run writes everything; SIGTERM; resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from noise_research.train.metric_writer import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "--config.train.num_steps=4",
+    "--config.train.log_every=2",
+    "--config.train.checkpoint_every=2",
+    "--config.data.crop_size=32",
+    "--config.model.width=4",
+    "--config.eval.image_size=32",
+    "--config.eval.num_batches=1",
+    "--config.eval.report_image_size=32",
+]
+
+
+def _main(workdir, *args, env_devices: int = 1, **popen):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={env_devices}"
+    command = [
+        sys.executable,
+        "-m",
+        "noise_research.main",
+        "--config=configs/halftone/demo.py",
+        f"--workdir={workdir}",
+        *args,
+    ]
+    return subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env_devices", "expected"),
+    [
+        (
+            ["--config.model.widht=8"],
+            1,
+            "error: config.model.widht = '8': unknown key; did you mean config.model.width?",
+        ),
+        (
+            ["--config.model.nib.noise_scale=-0.3"],
+            1,
+            "error: config.model.nib.noise_scale = -0.3: not allowed; it must be a number >= 0 "
+            "(a probability in [0, 1] for the 'bernoulli' distribution)",
+        ),
+        (
+            ["--config.data.batch_size=4"],
+            8,
+            "error: config.data.batch_size = 4: not allowed; it must be a positive integer "
+            "divisible by the device count (8)",
+        ),
+    ],
+)
+def test_bad_config_stops_with_one_clear_line(tmp_path, args, env_devices, expected):
+    process = _main(tmp_path / "run", *args, env_devices=env_devices)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines == [expected]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_run_writes_outputs_and_rerun_resumes(tmp_path):
+    workdir = tmp_path / "run"
+    process = _main(workdir, *TINY)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert json.loads(stdout[: stdout.rindex("}") + 1])["step"] == 4
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
+    assert (workdir / "metrics.jsonl").exists() and (workdir / "config.json").exists()
+    assert any(name.startswith("events.out") for name in os.listdir(workdir / "tensorboard"))
+    pictures = os.listdir(workdir / "report" / "step_0000004")
+    assert {"samples.png", "gray_ramps.png", "spectra.png", "comparison.md"} <= set(pictures)
+
+    process = _main(workdir, *TINY, "--config.train.num_steps=6")
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert "train.num_steps: 4 -> 6" in stderr
+    assert [r["step"] for r in read_metrics(str(workdir), split="train")] == [2, 4, 6]
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
+    workdir = tmp_path / "run"
+    process = _main(workdir, *TINY, "--config.train.num_steps=100000")
+    deadline = time.time() + 240
+    metrics = workdir / "metrics.jsonl"
+    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert "stopped at step" in stdout
+    stopped_step = int(stdout.split("stopped at step ")[1].split(";")[0])
+    assert str(stopped_step) in os.listdir(workdir / "checkpoints")
