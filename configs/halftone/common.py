@@ -88,7 +88,7 @@ def is_demo(arg: str | None) -> bool:
 
 def apply_demo_size(config: ml_collections.ConfigDict) -> None:
     """A few minutes on 2 CPU cores, still long enough for the NIB/plain difference to show."""
-    config.train.num_steps = 600
+    config.train.num_steps = 400
     config.train.log_every = 20
     config.train.eval_every = 200
     config.train.report_every = 0
