@@ -45,6 +45,7 @@ from noise_research.data.base import BatchSource, ProcessSlice
 from noise_research.layers import NIB_COMBINES, NOISE_DISTRIBUTIONS
 from noise_research.metrics import halftone as metrics
 from noise_research.models.halftone import FIRST_LAYERS, HALFTONE_MODELS, build_halftone_model
+from noise_research.train.loop import loop_config_rules
 from noise_research.train.parallel import cross_replica_mean
 from noise_research.train.rng import step_rngs
 from noise_research.train.state import TrainState
@@ -81,17 +82,7 @@ def config_rules() -> dict[str, cs.Rule]:
     )
     return {
         "task": cs.one_of("halftone"),
-        "train.num_steps": cs.integer(minimum=1),
-        "train.seed": cs.integer(minimum=0),
-        "train.parallel": cs.one_of("jit", "pmap"),
-        "train.log_every": cs.integer(minimum=1),
-        "train.eval_every": cs.integer(minimum=1),
-        "train.report_every": cs.integer(minimum=0),
-        "train.final_report": cs.boolean(),
-        "train.checkpoint_every": cs.integer(minimum=1),
-        "train.keep_checkpoints": cs.integer(minimum=1),
-        "train.async_checkpoints": cs.boolean(),
-        "train.progress": cs.boolean(),
+        **loop_config_rules(),
         "data.name": cs.text(),
         "data.split": cs.text(),
         "data.data_dir": cs.optional(cs.text()),

@@ -19,11 +19,12 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from noise_research import config_schema as cs
 from noise_research.data.base import BatchSource
 from noise_research.tasks.base import Task
 from noise_research.train.checkpoint import Checkpointer
 from noise_research.train.metric_writer import MetricWriter
-from noise_research.train.parallel import make_backend
+from noise_research.train.parallel import BACKENDS, make_backend
 from noise_research.train.preemption import PreemptionGuard
 
 PyTree = Any
@@ -45,6 +46,25 @@ class LoopConfig:
     keep_checkpoints: int = 3
     async_checkpoints: bool = True
     progress: bool = True
+
+
+def loop_config_rules() -> dict[str, cs.Rule]:
+    """The rules of the ``train.*`` keys (:class:`LoopConfig`), shared by every task's config."""
+    rules = {
+        "num_steps": cs.integer(minimum=1),
+        "seed": cs.integer(minimum=0),
+        "parallel": cs.one_of(*BACKENDS),
+        "log_every": cs.integer(minimum=1),
+        "eval_every": cs.integer(minimum=1),
+        "report_every": cs.integer(minimum=0),
+        "final_report": cs.boolean(),
+        "checkpoint_every": cs.integer(minimum=1),
+        "keep_checkpoints": cs.integer(minimum=1),
+        "async_checkpoints": cs.boolean(),
+        "progress": cs.boolean(),
+    }
+    assert set(rules) == {field.name for field in dataclasses.fields(LoopConfig)}
+    return {f"train.{key}": rule for key, rule in rules.items()}
 
 
 @dataclasses.dataclass
