@@ -10,6 +10,14 @@ from noise_research.data.base import (
     rgb_to_gray,
     uint8_scale_to_signed_unit,
 )
+from noise_research.data.distortions import (
+    DISTORTIONS,
+    Distortion,
+    apply_distortion,
+    gradient_saliency,
+    image_gradient_saliency,
+    save_distortion_gallery,
+)
 from noise_research.data.procedural import (
     ComicBatches,
     comic_image,
@@ -26,20 +34,26 @@ from noise_research.data.tfds_images import (
 )
 
 __all__ = [
+    "DISTORTIONS",
     "SAMPLE_IMAGE_NAMES",
     "BatchSource",
     "ComicBatches",
     "DatasetNotPreparedError",
+    "Distortion",
     "ProcessSlice",
     "TfdsImageBatches",
+    "apply_distortion",
     "comic_image",
     "constant_gray_batch",
+    "gradient_saliency",
     "gray_ramp",
     "gray_random_crop",
     "gray_steps",
+    "image_gradient_saliency",
     "open_array_record_source",
     "resize_gray",
     "rgb_to_gray",
     "sample_images",
+    "save_distortion_gallery",
     "uint8_scale_to_signed_unit",
 ]
