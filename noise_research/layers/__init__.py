@@ -2,5 +2,34 @@
 
 from noise_research.layers.nib import NIB_COMBINES, NoiseIncentiveBlock
 from noise_research.layers.noise_maps import NOISE_DISTRIBUTIONS, sample_noise_map
+from noise_research.layers.quantization import (
+    QUANTIZATIONS,
+    DoReFaConv,
+    HyperPower,
+    QuantizedConv,
+    ScalableFloor,
+    SignedPower,
+    dorefa_activations,
+    dorefa_binary_weights,
+    exponent_penalty,
+    scalable_floor,
+    signed_power,
+)
 
-__all__ = ["NIB_COMBINES", "NOISE_DISTRIBUTIONS", "NoiseIncentiveBlock", "sample_noise_map"]
+__all__ = [
+    "NIB_COMBINES",
+    "NOISE_DISTRIBUTIONS",
+    "QUANTIZATIONS",
+    "DoReFaConv",
+    "HyperPower",
+    "NoiseIncentiveBlock",
+    "QuantizedConv",
+    "ScalableFloor",
+    "SignedPower",
+    "dorefa_activations",
+    "dorefa_binary_weights",
+    "exponent_penalty",
+    "sample_noise_map",
+    "scalable_floor",
+    "signed_power",
+]
