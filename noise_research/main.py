@@ -91,7 +91,7 @@ def main(argv: Sequence[str]) -> None:
 
     from noise_research.tasks import task_module
     from noise_research.train import parallel
-    from noise_research.train.loop import LoopConfig, train
+    from noise_research.train.loop import LoopConfig, restore_state, train
 
     for noisy in ("absl", "jax"):  # orbax's and the backend probe's INFO lines
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -109,7 +109,20 @@ def main(argv: Sequence[str]) -> None:
     if jax.process_index() == 0:
         _record_config(workdir, config)
     task = module.build(config)
-    result = train(task, LoopConfig(**config["train"]), workdir)
+    loop_config = LoopConfig(**config["train"])
+    mode = config.get("mode", "train")
+    if mode != "train":
+        restored = restore_state(task, loop_config, workdir)
+        if restored is None:
+            sys.stderr.write(
+                f"error: config.mode = {mode!r} evaluates the latest checkpoint in {workdir}, "
+                "but there is none: train first (the same command with --config.mode=train)\n"
+            )
+            sys.exit(2)
+        state, step = restored
+        print(json.dumps({"step": step, **task.run_mode(mode, state, workdir, step)}, indent=2))
+        return
+    result = train(task, loop_config, workdir)
     if result.preempted:
         print(f"stopped at step {result.step}; run the same command to resume from {workdir}")
         return

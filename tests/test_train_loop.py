@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from noise_research.train.loop import LoopConfig, train
+from noise_research.train.loop import LoopConfig, average_metrics, train
 from noise_research.train.metric_writer import read_metrics
 from tests.toy_task import ToyTask
 
@@ -136,3 +136,9 @@ def test_partial_checkpoint_is_ignored_and_later_metrics_are_dropped(tmp_path):
     assert resumed.resumed_from == 6 and resumed.step == 8
     losses_at_8 = [r["loss"] for r in read_metrics(str(tmp_path), "train") if r["step"] == 8]
     assert len(losses_at_8) == 1 and losses_at_8[0] != 123.0
+
+
+def test_eval_batches_are_weighted_by_their_real_examples():
+    batches = [{"accuracy": 1.0, "weight": 8.0}, {"accuracy": 0.0, "weight": 2.0}]
+    assert average_metrics(batches) == {"accuracy": 0.8, "weight": 10.0}
+    assert average_metrics([{"loss": 1.0}, {"loss": 3.0}]) == {"loss": 2.0}

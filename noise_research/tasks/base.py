@@ -10,11 +10,16 @@ state except for ``state.step``: it places it on devices, gives it to orbax whol
   ``None`` under the ``jit`` backend (the batch is one global array, reductions are global already)
   and the pmap axis name under ``pmap`` (the task then averages gradients, batch statistics and
   metrics with :func:`noise_research.train.parallel.cross_replica_mean`).
-* ``eval_step(state, batch, axis_name) -> metrics``: means over the batch.
+* ``eval_step(state, batch, axis_name) -> metrics``: means over the batch; with padded batches,
+  means over the real examples plus their count as ``"weight"`` (the loop then weights batches).
 * ``train_source(process_index, process_count)`` and ``eval_source(...)`` return step-indexed batch
   sources (:class:`noise_research.data.base.BatchSource`); ``num_eval_batches`` says how many
   eval batches make one evaluation.
 * ``report(state, workdir, step) -> metrics``: host side pictures and tables (PNG, CSV, markdown).
+* optionally ``run_mode(mode, state, workdir, step) -> metrics`` for evaluation modes other than
+  training (``config.mode``, e.g. ``'robustness'``), run on the latest checkpoint.
+* optionally ``warm_start(state) -> state``: called on the host once, on a fresh run's initial
+  state (not on a resume), to replace parts of it, e.g. params from another run's checkpoint.
 """
 
 from __future__ import annotations

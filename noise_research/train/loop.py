@@ -29,6 +29,7 @@ from noise_research.train.preemption import PreemptionGuard
 
 PyTree = Any
 log = logging.getLogger(__name__)
+WEIGHT_KEY = "weight"  # see average_metrics()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +114,49 @@ def to_numpy(state: PyTree) -> PyTree:
     return jax.tree.map(fetch, state)
 
 
-def _mean_metrics(history: list[dict[str, float]]) -> dict[str, float]:
-    return {name: float(np.mean([m[name] for m in history])) for name in history[0]}
+def average_metrics(history: list[dict[str, float]]) -> dict[str, float]:
+    """Mean over steps or eval batches, weighted by a batch's ``"weight"`` metric when present.
+
+    A task whose batches carry padding (an eval set that does not divide into whole batches) returns
+    means over its real examples plus their number as ``"weight"``; the loop then averages exactly.
+    """
+    weights = np.array([m.get(WEIGHT_KEY, 1.0) for m in history], dtype=np.float64)
+    means = {
+        name: float(np.dot(weights, [m[name] for m in history]) / weights.sum())
+        for name in history[0]
+        if name != WEIGHT_KEY
+    }
+    if WEIGHT_KEY in history[0]:
+        means[WEIGHT_KEY] = float(weights.sum())
+    return means
+
+
+def restore_state(task: Task, config: LoopConfig, workdir: str) -> tuple[PyTree, int] | None:
+    """The newest good checkpoint of ``workdir`` on this process's first device, with its step.
+
+    For evaluation modes (e.g. a robustness report) and for fine-tuning from another run; None
+    when ``workdir`` holds no checkpoint.
+    """
+    example_batch = task.train_source(jax.process_index(), jax.process_count()).batch(0)
+    abstract = jax.eval_shape(task.init, jax.random.PRNGKey(config.seed), example_batch)
+    first_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=first_device), abstract
+    )
+    checkpointer = Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        save_every=config.checkpoint_every,
+        keep=config.keep_checkpoints,
+        async_save=False,
+    )
+    try:
+        restored = checkpointer.restore_latest(abstract)
+    finally:
+        checkpointer.close()
+    if restored is None:
+        return None
+    state, meta = restored
+    return state, int(meta["step"])
 
 
 def train(
@@ -143,6 +185,8 @@ def train(
     restored = checkpointer.restore_latest(abstract_state)
     if restored is None:
         state = backend.init(task.init, root_rng, example_batch)
+        if hasattr(task, "warm_start"):  # e.g. fine-tuning: params from another run
+            state = backend.put_state(task.warm_start(to_numpy(backend.host_state(state))))
         start_step, resumed_from = 0, None
     else:
         restored_state, meta = restored
@@ -159,7 +203,7 @@ def train(
             backend.host_metrics(eval_step(state, backend.put_batch(eval_source.batch(i))))
             for i in range(task.num_eval_batches)
         ]
-        return _mean_metrics(per_batch)
+        return average_metrics(per_batch)
 
     def save(state: PyTree, step: int, *, force: bool) -> None:
         meta = {"step": step, "data_position": step, "backend": backend.name}
@@ -188,7 +232,7 @@ def train(
                 step += 1
                 bar.update(1)
                 if step % config.log_every == 0 or step == config.num_steps:
-                    train_metrics = _mean_metrics([backend.host_metrics(m) for m in history])
+                    train_metrics = average_metrics([backend.host_metrics(m) for m in history])
                     history.clear()
                     now = time.perf_counter()
                     train_metrics["steps_per_second"] = (step - last_log_step) / (

@@ -36,6 +36,13 @@ def cross_replica_mean(tree: PyTree, axis_name: str | None) -> PyTree:
     return jax.lax.pmean(tree, axis_name)
 
 
+def cross_replica_sum(tree: PyTree, axis_name: str | None) -> PyTree:
+    """``lax.psum`` over ``axis_name`` under pmap; the identity under jit (``axis_name=None``)."""
+    if axis_name is None:
+        return tree
+    return jax.lax.psum(tree, axis_name)
+
+
 class JitBackend:
     """``jax.jit`` over a ``('data',)`` mesh of every device of every process."""
 

@@ -40,11 +40,37 @@ def save_line_plot(
     Returns:
       The path written.
     """
-    if not curves:
-        raise ValueError("curves must contain at least one curve; got an empty mapping.")
     figure = Figure(figsize=_FIGURE_SIZE_INCHES, dpi=_DPI)
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    _draw_curves(figure.add_subplot(), curves, xlabel, ylabel, title, logy)
+    figure.tight_layout()
+
+    return _save(figure, path)
+
+
+def save_line_plot_grid(
+    path: str | pathlib.Path,
+    panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
+    xlabel: str,
+    ylabel: str,
+    ncols: int = 4,
+) -> pathlib.Path:
+    """Writes one PNG with a grid of line plots: panel title -> its curves (as `save_line_plot`)."""
+    if not panels:
+        raise ValueError("panels must contain at least one panel; got an empty mapping.")
+    nrows = -(-len(panels) // ncols)
+    figure = Figure(figsize=(3.2 * ncols, 2.6 * nrows), dpi=_DPI)
+    FigureCanvasAgg(figure)
+    for index, (title, curves) in enumerate(panels.items()):
+        axes = figure.add_subplot(nrows, ncols, index + 1)
+        _draw_curves(axes, curves, xlabel, ylabel, title, logy=False)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def _draw_curves(axes, curves, xlabel: str, ylabel: str, title: str, logy: bool) -> None:
+    if not curves:
+        raise ValueError("curves must contain at least one curve; got an empty mapping.")
     for label, (x, y) in curves.items():
         x, y = np.asarray(x), np.asarray(y)
         if x.ndim != 1 or x.shape != y.shape:
@@ -52,16 +78,17 @@ def save_line_plot(
                 f"curves[{label!r}] must be (x, y) 1-D arrays of equal length; "
                 f"got shapes {x.shape} and {y.shape}."
             )
-        axes.plot(x, y, label=label)
+        axes.plot(x, y, label=label, marker="o" if len(x) < 10 else None)
     if logy:
         axes.set_yscale("log")
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
+    axes.legend(fontsize="small")
 
+
+def _save(figure: Figure, path: str | pathlib.Path) -> pathlib.Path:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", dpi=_DPI)
