@@ -1,6 +1,8 @@
-"""Data: the batch-source contract, procedural images, scikit-image samples, TFDS + grain.
+"""Data: the batch-source contract, procedural images, scikit-image samples, TFDS + grain,
+classification sources (scikit-learn digits, TFDS).
 
-TFDS and grain are imported lazily inside `tfds_images`, so this package imports without them.
+TFDS, grain and scikit-learn are imported lazily inside the functions that use them, so this
+package imports without them.
 """
 
 from noise_research.data.base import (
@@ -9,6 +11,18 @@ from noise_research.data.base import (
     resize_gray,
     rgb_to_gray,
     uint8_scale_to_signed_unit,
+)
+from noise_research.data.classification import (
+    DigitsBatches,
+    TfdsClassificationBatches,
+    digits_split,
+    digits_split_indices,
+    pad_and_random_crop,
+    random_horizontal_flip,
+    random_resized_crop,
+    resize_and_center_crop,
+    resize_rgb,
+    to_rgb_unit,
 )
 from noise_research.data.distortions import (
     DISTORTIONS,
@@ -39,21 +53,31 @@ __all__ = [
     "BatchSource",
     "ComicBatches",
     "DatasetNotPreparedError",
+    "DigitsBatches",
     "Distortion",
     "ProcessSlice",
+    "TfdsClassificationBatches",
     "TfdsImageBatches",
     "apply_distortion",
     "comic_image",
     "constant_gray_batch",
+    "digits_split",
+    "digits_split_indices",
     "gradient_saliency",
     "gray_ramp",
     "gray_random_crop",
     "gray_steps",
     "image_gradient_saliency",
     "open_array_record_source",
+    "pad_and_random_crop",
+    "random_horizontal_flip",
+    "random_resized_crop",
+    "resize_and_center_crop",
     "resize_gray",
+    "resize_rgb",
     "rgb_to_gray",
     "sample_images",
     "save_distortion_gallery",
+    "to_rgb_unit",
     "uint8_scale_to_signed_unit",
 ]

@@ -6,5 +6,14 @@ from noise_research.models.halftone import (
     HalftoneUNet,
     build_halftone_model,
 )
+from noise_research.models.resnet import ResidualBlock, ResNet, resnet_places
 
-__all__ = ["HALFTONE_MODELS", "HalftoneResNet", "HalftoneUNet", "build_halftone_model"]
+__all__ = [
+    "HALFTONE_MODELS",
+    "HalftoneResNet",
+    "HalftoneUNet",
+    "ResNet",
+    "ResidualBlock",
+    "build_halftone_model",
+    "resnet_places",
+]
