@@ -10,6 +10,7 @@ from types import ModuleType
 
 TASK_MODULES = {
     "halftone": "noise_research.tasks.halftone",
+    "classify": "noise_research.tasks.classify",
 }
 
 
