@@ -25,3 +25,21 @@ def test_halftone_benchmark_writes_json(tmp_path):
     assert "nib_overhead_percent" in payload["train"][-1]
     methods = [r["method"] for r in payload["inference_1image"]]
     assert methods == ["conv-resnet", "nib-resnet", "floyd_steinberg"]
+
+
+def test_classify_benchmark_writes_json_with_overheads(tmp_path):
+    out = tmp_path / "classify.json"
+    command = [
+        sys.executable, "-m", "noise_research.bench", "classify", f"--out={out}",
+        "--depths=18", "--variants=none,pow", "--batch=2", "--size=32", "--dtype=float32",
+        "--repeats=1",
+    ]  # fmt: skip
+    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    payload = json.loads(out.read_text())
+    assert [(r["model"], r["variant"]) for r in payload["train"]] == [
+        ("resnet18", "none"),
+        ("resnet18", "pow"),
+    ]
+    assert all(r["images_per_second"] > 0 for r in payload["train"])
+    assert "overhead_percent" in payload["train"][1]

@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = {"halftone": "noise_research.bench.halftone"}
+BENCHMARKS = {
+    "halftone": "noise_research.bench.halftone",
+    "classify": "noise_research.bench.classify",
+}
 
 
 def main() -> None:

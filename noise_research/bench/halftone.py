@@ -11,14 +11,18 @@ benchmark takes a few minutes; every setting is written to the JSON.
 from __future__ import annotations
 
 import argparse
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from noise_research.bench.timing import environment, median_seconds, write_json
+from noise_research.bench.timing import (
+    environment,
+    median_seconds,
+    train_images_per_second,
+    write_json,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,22 +48,6 @@ def _task(model: str, first_layer: str, batch: int, size: int, width: int, dtype
     config["data"].update(crop_size=size, batch_size=batch // 2, constant_batch_size=batch // 2)
     config["model"].update(width=width, dtype=dtype)
     return halftone.build(config)
-
-
-def _train_images_per_second(task, batch: int, size: int, repeats: int) -> dict[str, float]:
-    source = task.train_source(0, 1)
-    host_batch = source.batch(0)
-    device_batch = jax.device_put(host_batch)
-    state = jax.jit(task.init)(jax.random.PRNGKey(0), host_batch)
-    step = jax.jit(functools.partial(task.train_step, axis_name=None), donate_argnums=(0,))
-    holder = {"state": state}
-
-    def one_step() -> None:
-        holder["state"], metrics = step(holder["state"], device_batch)
-        jax.block_until_ready(metrics)
-
-    seconds = median_seconds(one_step, warmup=3, repeats=repeats)
-    return {"step_seconds": seconds, "images_per_second": batch / seconds}
 
 
 def _inference_ms(task, size: int, repeats: int) -> float:
@@ -104,7 +92,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             measured = {}
             for first_layer in ("conv", "nib"):
                 task = _task(model, first_layer, batch, size, width, args.dtype)
-                measured[first_layer] = _train_images_per_second(task, batch, size, repeats)
+                measured[first_layer] = train_images_per_second(
+                    task,
+                    task.train_source(0, 1).batch(0),
+                    images_per_step=batch,
+                    repeats=repeats,
+                )
                 train_rows.append(
                     {
                         "model": model,
