@@ -72,7 +72,7 @@ def _record_config(workdir: str, config: dict) -> None:
     if os.path.exists(path):
         with open(path) as f:
             previous = config_schema.flatten(json.load(f))
-        now = config_schema.flatten(config)
+        now = config_schema.flatten(json.loads(json.dumps(config)))  # tuples as JSON lists
         changed = sorted(k for k in now if previous.get(k) != now[k])
         if changed:
             log.warning(
