@@ -78,6 +78,11 @@ def positive_number() -> Rule:
     return Rule(lambda v, _: _is_number(v) and v > 0, "a number > 0")
 
 
+def fraction_below_one() -> Rule:
+    """A number in [0, 1): a momentum, a smoothing weight."""
+    return Rule(lambda v, _: _is_number(v) and 0 <= v < 1, "a number in [0, 1)")
+
+
 def one_of(*choices: Any) -> Rule:
     return Rule(lambda v, _: v in choices, "one of " + ", ".join(repr(c) for c in choices))
 

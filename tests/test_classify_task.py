@@ -7,6 +7,7 @@ import json
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -77,6 +78,80 @@ def test_bad_classify_config_values_are_named():
         config_schema.validate(config, classify.config_rules(), num_devices=1)
 
 
+@pytest.mark.parametrize(
+    ("variant", "key", "value", "allowed"),
+    [
+        ("sf", "model.quantizer.groups", 2, "1, or with model.quantizer.kind in 'pow'"),
+        ("pow", "model.quantizer.groups", 3, "an integer that divides model.width"),
+        ("none", "optimizer.momentum", 1.0, r"a number in \[0, 1\)"),
+        ("none", "optimizer.warmup_steps", 120, r"below train.num_steps \(120\)"),
+        ("none", "optimizer.step_factor", 0.0, r"a number in \(0, 1\]"),
+        ("none", "optimizer.step_boundaries", ("half",), "an increasing tuple of fractions"),
+        ("none", "optimizer.step_boundaries", (0.6, 0.3), "an increasing tuple of fractions"),
+        # With 30 warm-up steps of 120, a drop at 10% of the run would fall inside the warm-up.
+        ("step", "optimizer.step_boundaries", (0.1, 0.5), r"after the warm-up \(> .* = 0.25\)"),
+    ],
+)
+def test_classify_config_rules_name_the_key_and_what_is_allowed(variant, key, value, allowed):
+    config = tiny_digits_config("none" if variant == "step" else variant)
+    if variant == "step":
+        config["optimizer"]["schedule"] = "step"
+    section, *inner, leaf = key.split(".")
+    node = config[section]
+    for part in inner:
+        node = node[part]
+    node[leaf] = value
+    with pytest.raises(config_schema.ConfigError, match=rf"config.{key} = .*{allowed}"):
+        config_schema.validate(config, classify.config_rules(), num_devices=1)
+
+
+def test_values_only_the_data_can_check_are_named_before_training():
+    config = tiny_digits_config()
+    config["model"]["num_classes"] = 12
+    with pytest.raises(
+        config_schema.ConfigError, match=r"num_classes = 12.*'digits' has 10 classes"
+    ):
+        classify.build(config).train_source(0, 1)
+    config = tiny_digits_config()
+    config["data"]["num_eval_batches"] = 4  # 297 test digits in batches of 100: 3 batches
+    with pytest.raises(config_schema.ConfigError, match=r"num_eval_batches = 4.*at most 3"):
+        classify.build(config).eval_source(0, 1)
+
+
+def test_stability_divergence_is_finite_where_a_clean_probability_underflows():
+    clean = jnp.array([[0.0, -200.0, 5.0]])  # p(class 1) = e^-205 underflows to 0 in float32
+    noisy = jnp.array([[0.0, -100.0, 4.0]])
+    divergence, grads = jax.value_and_grad(
+        lambda c, n: jnp.sum(classify.stability_divergence(c, n)), argnums=(0, 1)
+    )(clean, noisy)
+    assert np.isfinite(divergence) and divergence > 0
+    assert all(np.isfinite(g).all() for g in grads), grads
+    chex.assert_trees_all_close(
+        classify.stability_divergence(clean, clean), jnp.zeros(1), atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_weight_decay_shrinks_kernels_only(optimizer):
+    config = tiny_digits_config("sf_pow")
+    config["model"]["quantizer"]["learnable_floor_scale"] = True
+    config["optimizer"].update(name=optimizer, weight_decay=0.1, warmup_steps=0)
+    task = classify.build(config)
+    state = task.init(jax.random.key(0), task.train_source(0, 1).batch(0))
+    zero_grads = jax.tree.map(jnp.zeros_like, state.params)
+    updates, _ = task.tx.update(zero_grads, task.tx.init(state.params), state.params)
+    moved = {
+        jax.tree_util.keystr(path): bool(np.any(update != 0))
+        for path, update in jax.tree_util.tree_leaves_with_path(updates)
+    }
+    decayed = {path for path, is_moved in moved.items() if is_moved}
+    assert decayed and all(path.endswith("['kernel']") for path in decayed), decayed
+    spared = set(moved) - decayed
+    for name in ("['alpha']", "['log_beta']", "['scale']", "['bias']"):
+        assert any(path.endswith(name) for path in spared), (name, spared)
+    assert not any(path.endswith("['kernel']") for path in spared), spared
+
+
 def test_robustness_mode_writes_table2_figure4_and_gallery(plain_run, tmp_path):
     _, config, result = plain_run
     config = {**config, "data": {**config["data"], "num_eval_batches": 1}}
@@ -114,12 +189,22 @@ def test_stability_baseline_fine_tunes_only_the_classifier(plain_run, tmp_path):
     assert_learns_digits(result)
 
 
+def test_fine_tuning_a_run_of_another_model_is_refused(plain_run, tmp_path):
+    pretrained_workdir, _, _ = plain_run
+    config = tiny_digits_config("stability", num_steps=20)
+    config["finetune"]["init_workdir"] = str(pretrained_workdir)
+    config["model"]["dtype"] = "bfloat16"  # the same param shapes, another model
+    with pytest.raises(config_schema.ConfigError, match=r"model.dtype \('float32' there\)"):
+        train_classifier(config, str(tmp_path))
+
+
 def test_cifar10_config_trains_on_mocked_tfds_with_a_padded_eval(tmp_path):
     import tensorflow_datasets as tfds
 
     config = cifar10_resnet18.get_config("sf").to_dict()
     config["model"].update(depth=10, width=4)
     config["data"].update(batch_size=8, eval_batch_size=8)
+    config["optimizer"]["warmup_steps"] = 1  # of the 2 steps
     config["train"].update(
         num_steps=2, progress=False, async_checkpoints=False, final_report=False
     )  # fmt: skip

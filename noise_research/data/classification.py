@@ -36,6 +36,7 @@ from noise_research.data.base import ProcessSlice, check_integer, check_seed
 from noise_research.data.tfds_images import open_array_record_source
 
 DIGITS_NATIVE_SIZE = 8
+DIGITS_NUM_CLASSES = 10
 DIGITS_MAX_VALUE = 16.0
 """scikit-learn's digits are 8×8 images with integer values 0 (background) … 16 (ink)."""
 
@@ -219,6 +220,7 @@ class DigitsBatches:
     Attributes:
       num_examples: examples in the split.
       num_batches: global batches that cover the split once (the evaluation loop's length).
+      num_classes: 10.
     """
 
     def __init__(
@@ -238,6 +240,7 @@ class DigitsBatches:
         self.seed = check_seed(seed)
         self._images, self._labels = digits_split(self.train, self.image_size)
         self.num_examples = len(self._labels)
+        self.num_classes = DIGITS_NUM_CLASSES
         self.num_batches = math.ceil(self.num_examples / self.global_batch_size)
         self.max_shift = round(
             DIGITS_MAX_SHIFT_AT_NATIVE_SIZE * self.image_size / DIGITS_NATIVE_SIZE
@@ -294,6 +297,7 @@ class TfdsClassificationBatches:
     Attributes:
       num_examples: examples in the split.
       num_batches: global batches that cover the split once (the evaluation loop's length).
+      num_classes: the label feature's class count (None if it is not a `ClassLabel`).
       small_images: whether the small-image augmentation is used.
     """
 
@@ -334,6 +338,10 @@ class TfdsClassificationBatches:
                     f"its features are {sorted(first_example)}."
                 )
         self.num_batches = math.ceil(self.num_examples / self.global_batch_size)
+        # A ClassLabel feature knows its class count; another integer label feature does not.
+        self.num_classes = getattr(
+            data_source.dataset_info.features[label_key], "num_classes", None
+        )
         self.small_images = _has_small_images(data_source, image_key)
 
         examples = grain.MapDataset.source(data_source)

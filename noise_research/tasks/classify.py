@@ -23,7 +23,7 @@ import functools
 import json
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
@@ -34,7 +34,12 @@ import optax
 from noise_research import config_schema as cs
 from noise_research.data.base import BatchSource
 from noise_research.data.distortions import gradient_saliency, save_distortion_gallery
-from noise_research.layers.quantization import DoReFaConv, QuantizedConv, exponent_penalty
+from noise_research.layers.quantization import (
+    QUANTIZATIONS,
+    DoReFaConv,
+    QuantizedConv,
+    exponent_penalty,
+)
 from noise_research.metrics.robustness import (
     evaluate_robustness,
     table2_row,
@@ -47,9 +52,13 @@ from noise_research.train.rng import step_rngs
 from noise_research.train.state import TrainState
 from noise_research.viz import save_image_grid
 
+if TYPE_CHECKING:
+    from noise_research.data.classification import DigitsBatches, TfdsClassificationBatches
+
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-QUANTIZER_KINDS = ("none", "sf", "pow", "hpow", "sf_pow", "dorefa")
+QUANTIZER_KINDS = (*QUANTIZATIONS, "dorefa")
+GROUPED_QUANTIZER_KINDS = ("pow", "hpow", "sf_pow")  # the ones with per-group exponents (Λ > 1)
 QUANTIZER_PLACES = ("all", "3x3")
 DEPTHS = (10, 18, 34, 50, 101)
 STEMS = ("imagenet", "small")
@@ -85,25 +94,46 @@ def config_rules() -> dict[str, cs.Rule]:
         "model.dtype": cs.one_of(*DTYPES),
         "model.quantizer.kind": cs.one_of(*QUANTIZER_KINDS),
         "model.quantizer.where": cs.one_of(*QUANTIZER_PLACES),
-        "model.quantizer.groups": cs.integer(minimum=1),
+        "model.quantizer.groups": cs.Rule(
+            lambda v, c: (
+                v == 1
+                or (
+                    cs.integer(minimum=2).check(v, c)
+                    and c.get("model.quantizer.kind") in GROUPED_QUANTIZER_KINDS
+                    and c.get("model.width") % v == 0
+                )
+            ),
+            "1, or with model.quantizer.kind in 'pow', 'hpow', 'sf_pow' an integer that divides "
+            "model.width (every conv's output channels are a multiple of it)",
+        ),
         "model.quantizer.floor_scale": cs.positive_number(),
         "model.quantizer.learnable_floor_scale": cs.boolean(),
         "model.quantizer.hyper_hidden_features": cs.integer(minimum=1),
         "model.quantizer.activation_bits": cs.integer(minimum=1, maximum=16),
-        "loss.label_smoothing": cs.number(minimum=0.0, maximum=0.999),
+        "loss.label_smoothing": cs.fraction_below_one(),
         "loss.alpha_l1": cs.number(minimum=0.0),
         "loss.alpha_l2": cs.number(minimum=0.0),
         "optimizer.name": cs.one_of(*OPTIMIZERS),
         "optimizer.learning_rate": cs.positive_number(),
-        "optimizer.momentum": cs.number(minimum=0.0, maximum=1.0),
+        "optimizer.momentum": cs.fraction_below_one(),
         "optimizer.weight_decay": cs.number(minimum=0.0),
         "optimizer.schedule": cs.one_of(*SCHEDULES),
-        "optimizer.warmup_steps": cs.integer(minimum=0),
-        "optimizer.step_boundaries": cs.Rule(
-            lambda v, _: isinstance(v, tuple | list) and all(0 < b < 1 for b in v),
-            "a tuple of fractions of train.num_steps in (0, 1)",
+        "optimizer.warmup_steps": cs.Rule(
+            lambda v, c: cs.integer(minimum=0).check(v, c) and v < c.get("train.num_steps"),
+            lambda c: f"an integer >= 0 and below train.num_steps ({c.get('train.num_steps')})",
         ),
-        "optimizer.step_factor": cs.number(minimum=0.0, maximum=1.0),
+        "optimizer.step_boundaries": cs.Rule(
+            _valid_step_boundaries,
+            lambda c: (
+                "an increasing tuple of fractions of train.num_steps in (0, 1), with "
+                "optimizer.schedule = 'step' each after the warm-up "
+                f"(> optimizer.warmup_steps / train.num_steps = "
+                f"{c.get('optimizer.warmup_steps') / c.get('train.num_steps'):.3g})"
+            ),
+        ),
+        "optimizer.step_factor": cs.Rule(
+            lambda v, _: cs.positive_number().check(v, _) and v <= 1, "a number in (0, 1]"
+        ),
         "finetune.init_workdir": cs.optional(cs.text()),
         "finetune.trainable": cs.Rule(
             lambda v, c: (
@@ -117,6 +147,19 @@ def config_rules() -> dict[str, cs.Rule]:
         "robustness.saliency_workdir": cs.optional(cs.text()),
         "robustness.seed": cs.integer(minimum=0),
     }
+
+
+def _valid_step_boundaries(boundaries: Any, context: cs.Context) -> bool:
+    if not isinstance(boundaries, tuple | list) or not all(
+        cs.number().check(b, context) and 0 < b < 1 for b in boundaries
+    ):
+        return False
+    if list(boundaries) != sorted(set(boundaries)):
+        return False
+    if context.get("optimizer.schedule") != "step":
+        return True
+    warmup_fraction = context.get("optimizer.warmup_steps") / context.get("train.num_steps")
+    return all(b > warmup_fraction for b in boundaries)
 
 
 def build(config: Mapping[str, Any]) -> ClassifyTask:
@@ -162,7 +205,9 @@ class ClassifyTask:
             self.tx = only_classifier(self.tx)
 
     # --- data -------------------------------------------------------------------------------
-    def _source(self, train: bool, process_index: int, process_count: int) -> BatchSource:
+    def _source(
+        self, train: bool, process_index: int, process_count: int
+    ) -> DigitsBatches | TfdsClassificationBatches:
         from noise_research.data.classification import DigitsBatches, TfdsClassificationBatches
 
         data = self.config["data"]
@@ -175,13 +220,32 @@ class ClassifyTask:
             process_count=process_count,
         )
         if data["name"] == "digits":
-            return DigitsBatches(**common)
-        return TfdsClassificationBatches(
-            data["name"],
-            split=data["train_split"] if train else data["eval_split"],
-            data_dir=data["data_dir"],
-            **common,
-        )
+            source = DigitsBatches(**common)
+        else:
+            source = TfdsClassificationBatches(
+                data["name"],
+                split=data["train_split"] if train else data["eval_split"],
+                data_dir=data["data_dir"],
+                **common,
+            )
+        self._check_against_data(source)
+        return source
+
+    def _check_against_data(self, source: DigitsBatches | TfdsClassificationBatches) -> None:
+        """The config values only the data set can check (before anything compiles)."""
+        num_classes = self.config["model"]["num_classes"]
+        if source.num_classes is not None and num_classes != source.num_classes:
+            raise cs.ConfigError(
+                f"config.model.num_classes = {num_classes!r}: not allowed; data set "
+                f"{self.config['data']['name']!r} has {source.num_classes} classes"
+            )
+        requested = self.config["data"]["num_eval_batches"]
+        if not source.train and requested > source.num_batches:
+            raise cs.ConfigError(
+                f"config.data.num_eval_batches = {requested!r}: not allowed; it must be 0 (all) "
+                f"or at most {source.num_batches}, the eval split's batches of "
+                f"{self.config['data']['eval_batch_size']}"
+            )
 
     def train_source(self, process_index: int, process_count: int) -> BatchSource:
         return self._source(True, process_index, process_count)
@@ -252,9 +316,7 @@ class ClassifyTask:
             if stability["weight"] > 0:
                 noise = jax.random.normal(stability_noise_key, batch["image"].shape)
                 noisy_logits, _ = forward(params, batch["image"] + stability["noise_std"] * noise)
-                divergence = jnp.mean(
-                    optax.kl_divergence(jax.nn.log_softmax(noisy_logits), jax.nn.softmax(logits))
-                )
+                divergence = jnp.mean(stability_divergence(logits, noisy_logits))
                 step_metrics["stability_kl"] = divergence
                 loss = loss + stability["weight"] * divergence
             step_metrics["loss"] = loss
@@ -280,7 +342,7 @@ class ClassifyTask:
         labels = batch["label"]
         mask = batch["mask"].astype(jnp.float32)
         top_k = min(5, logits.shape[-1])
-        ranked = jnp.argsort(-logits, axis=-1)[:, :top_k]
+        _, ranked = jax.lax.top_k(logits, top_k)
         sums = {
             "accuracy": jnp.sum(mask * (ranked[:, 0] == labels)),
             f"top{top_k}_accuracy": jnp.sum(mask * jnp.any(ranked == labels[:, None], axis=-1)),
@@ -330,13 +392,15 @@ class ClassifyTask:
         source = self.config["finetune"]["init_workdir"]
         if source is None:
             return state
-        _, pretrained = restore_run(source, key="finetune.init_workdir")
-        expected = jax.tree.map(np.shape, (state.params, state.model_state))
-        found = jax.tree.map(np.shape, (pretrained.params, pretrained.model_state))
-        if expected != found:
-            raise ValueError(
-                f"finetune.init_workdir = {source!r} holds a different model; its config.model "
-                "must equal this run's"
+        pretrained_task, pretrained = restore_run(source, key="finetune.init_workdir")
+        ours = cs.flatten(json.loads(json.dumps(self.config["model"])))  # tuples as JSON lists
+        theirs = cs.flatten(pretrained_task.config["model"])
+        differing = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        if differing:
+            raise cs.ConfigError(
+                f"config.finetune.init_workdir = {source!r}: not allowed; that run's config.model "
+                "must equal this one, but differs in "
+                + ", ".join(f"model.{k} ({theirs.get(k)!r} there)" for k in differing)
             )
         return state.replace(
             params=pretrained.params,
@@ -380,6 +444,17 @@ class ClassifyTask:
             os.path.join(out, "gallery.png"), batches[0]["image"][0], key, saliency_fn
         )
         return {f"table2/{column}": value for column, value in table2_row(result).items()}
+
+
+def stability_divergence(clean_logits: jax.Array, noisy_logits: jax.Array) -> jax.Array:
+    """Per-example ``KL(p(y|I) ‖ p(y|I + ε))`` of stability training, from logits.
+
+    Both distributions stay in log space: a clean probability that underflows to 0 (a logit gap
+    beyond ~88 in float32) contributes 0 with a finite gradient instead of 0·log 0 = NaN.
+    """
+    return optax.losses.kl_divergence_with_log_targets(
+        jax.nn.log_softmax(noisy_logits), jax.nn.log_softmax(clean_logits)
+    )
 
 
 def restore_run(workdir: str, *, key: str) -> tuple[ClassifyTask, TrainState]:
@@ -432,7 +507,18 @@ def make_optimizer(config: Mapping[str, Any], num_steps: int) -> optax.GradientT
         )
     if config["name"] == "sgd":
         return optax.chain(
-            optax.add_decayed_weights(config["weight_decay"]),
+            optax.add_decayed_weights(config["weight_decay"], mask=decays),
             optax.sgd(schedule, momentum=config["momentum"], nesterov=True),
         )
-    return optax.adamw(schedule, b1=config["momentum"], weight_decay=config["weight_decay"])
+    return optax.adamw(
+        schedule, b1=config["momentum"], weight_decay=config["weight_decay"], mask=decays
+    )
+
+
+def decays(params: Any) -> Any:
+    """Which params weight decay shrinks: the conv and dense kernels only. Not the biases, the
+    BatchNorm scales and offsets, nor the quantizers' exponents α and floor scales log β (a decay
+    would pull every α to 0, the identity map, against what the layer learns)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: getattr(path[-1], "key", None) == "kernel", params
+    )
