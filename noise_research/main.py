@@ -16,6 +16,7 @@ import os
 import runpy
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -28,6 +29,9 @@ _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize() (one process per host)."
 )
 flags.mark_flags_as_required(["config", "workdir"])
+
+if TYPE_CHECKING:
+    from noise_research.train.loop import LoopConfig
 
 log = logging.getLogger("noise_research")
 
@@ -91,7 +95,7 @@ def main(argv: Sequence[str]) -> None:
 
     from noise_research.tasks import task_module
     from noise_research.train import parallel
-    from noise_research.train.loop import LoopConfig, restore_state, train
+    from noise_research.train.loop import LoopConfig
 
     for noisy in ("absl", "jax"):  # orbax's and the backend probe's INFO lines
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -106,11 +110,22 @@ def main(argv: Sequence[str]) -> None:
         sys.exit(2)
 
     workdir = _WORKDIR.value
-    if jax.process_index() == 0:
+    mode = config.get("mode", "train")
+    if mode == "train" and jax.process_index() == 0:  # an evaluation mode keeps the run's config
         _record_config(workdir, config)
     task = module.build(config)
     loop_config = LoopConfig(**config["train"])
-    mode = config.get("mode", "train")
+    try:
+        _run(task, loop_config, workdir, mode)
+    except config_schema.ConfigError as error:  # a value only the data or another run can check
+        sys.stderr.write(f"error: {error}\n")
+        sys.exit(2)
+
+
+def _run(task: Any, loop_config: LoopConfig, workdir: str, mode: str) -> None:
+    """Trains, or runs the evaluation ``mode`` on the latest checkpoint."""
+    from noise_research.train.loop import restore_state, train
+
     if mode != "train":
         restored = restore_state(task, loop_config, workdir)
         if restored is None:

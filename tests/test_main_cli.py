@@ -26,14 +26,14 @@ TINY = [
 ]
 
 
-def _main(workdir, *args, env_devices: int = 1, **popen):
+def _main(workdir, *args, env_devices: int = 1, config="configs/halftone/demo.py", **popen):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={env_devices}"
     command = [
         sys.executable,
         "-m",
         "noise_research.main",
-        "--config=configs/halftone/demo.py",
+        f"--config={config}",
         f"--workdir={workdir}",
         *args,
     ]
@@ -77,6 +77,28 @@ def test_bad_config_stops_with_one_clear_line(tmp_path, args, env_devices, expec
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert lines == [expected]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_values_only_the_data_can_check_stop_with_one_clear_line(tmp_path):
+    process = _main(
+        tmp_path / "run", "--config.model.num_classes=7", config="configs/classify/digits.py"
+    )
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines == [
+        "error: config.model.num_classes = 7: not allowed; data set 'digits' has 10 classes"
+    ]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_an_evaluation_mode_needs_a_checkpoint_and_keeps_the_runs_config(tmp_path):
+    workdir = tmp_path / "run"
+    process = _main(workdir, "--config.mode=robustness", config="configs/classify/digits.py")
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2, stderr
+    assert "config.mode = 'robustness' evaluates the latest checkpoint" in stderr
+    assert not (workdir / "config.json").exists()
 
 
 def test_run_writes_outputs_and_rerun_resumes(tmp_path):
