@@ -1,9 +1,10 @@
 """The classification experiment's full config (feature-quantization paper, section 3).
 
 No public code exists for the paper: the defaults here are ours. ImageNet: ResNet-50, SGD with
-Nesterov momentum 0.9, lr 0.1·batch/256 with 5 warm-up epochs and cosine decay, weight decay 1e-4,
-label smoothing 0.1; CIFAR-10: ResNet-18 with the small stem. Quantizer defaults follow the paper:
-SF with β = 100 (SF-100), POW with one exponent set shared by all output channels (Λ = 1).
+Nesterov momentum 0.9, lr 0.1 at batch 256 (scale it with the batch: 0.1·batch/256), 5 warm-up
+epochs and cosine decay, weight decay 1e-4 on the kernels, label smoothing 0.1; CIFAR-10:
+ResNet-18 with the small stem. Quantizer defaults follow the paper: SF with β = 100 (SF-100), POW
+with one exponent set shared by all output channels (Λ = 1).
 
 The config-file argument picks the variant: a quantizer (``file.py:pow``), or ``stability``, the
 paper's stability-training baseline: fine-tune the classifier of a trained plain run, given as
@@ -15,8 +16,9 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-QUANTIZER_ARGS = ("none", "sf", "pow", "hpow", "sf_pow", "dorefa")
-VARIANT_ARGS = (*QUANTIZER_ARGS, "stability")
+from noise_research.tasks.classify import QUANTIZER_KINDS
+
+VARIANT_ARGS = (*QUANTIZER_KINDS, "stability")
 
 
 def variant_from_arg(arg: str | None) -> str:

@@ -18,8 +18,7 @@ import jax
 import numpy as np
 
 from noise_research.bench.timing import environment, train_images_per_second, write_json
-
-VARIANTS = ("none", "sf", "pow", "hpow", "sf_pow")
+from noise_research.layers.quantization import QUANTIZATIONS as VARIANTS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,14 +31,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=None, help="image side; default 224 (CPU: 64)")
     parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
     parser.add_argument(
-        "--where", default="3x3", choices=("3x3", "all"), help="convs the quantizer precedes"
+        "--where",
+        default=None,
+        choices=("3x3", "all"),
+        help="convs the quantizer precedes; default as in the configs: 'all' below ResNet-50",
     )
     parser.add_argument(
         "--repeats", type=int, default=None, help="timed steps; default 30 (CPU: 3)"
     )
 
 
-def _task(depth: int, variant: str, batch: int, size: int, dtype: str, where: str):
+def _task(depth: int, variant: str, batch: int, size: int, dtype: str, where: str | None):
     from configs.classify.common import classify_config
     from noise_research.tasks import classify
 
@@ -53,7 +55,8 @@ def _task(depth: int, variant: str, batch: int, size: int, dtype: str, where: st
     ).to_dict()
     config["data"]["batch_size"] = batch
     config["model"]["dtype"] = dtype
-    config["model"]["quantizer"]["where"] = where
+    if where is not None:
+        config["model"]["quantizer"]["where"] = where
     return classify.build(config)
 
 
@@ -99,7 +102,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             measured = train_images_per_second(
                 task, host_batch, images_per_step=settings["batch"], repeats=settings["repeats"]
             )
-            row = {"model": f"resnet{depth}", "variant": variant, **measured}
+            row = {
+                "model": f"resnet{depth}",
+                "variant": variant,
+                "where": task.config["model"]["quantizer"]["where"],
+                **measured,
+            }
             if variant == "none":
                 plain_rate = measured["images_per_second"]
             elif plain_rate is not None:
