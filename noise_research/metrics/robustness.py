@@ -17,7 +17,7 @@ import argparse
 import csv
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sized
 from typing import Any
 
 import jax
@@ -50,9 +50,13 @@ def evaluate_robustness(
     key: jax.Array,
     saliency_fn: SaliencyFn,
     *,
+    num_batches: int | None = None,
     progress: bool = True,
 ) -> Result:
     """Accuracy on clean and distorted images; each batch has ``image``, ``label`` and ``mask``.
+
+    ``batches`` is consumed once, one batch at a time (a generator keeps a large eval split out of
+    memory); ``num_batches`` (default ``len(batches)`` if it has one) sizes the progress bar.
 
     The distortion of batch ``b``, distortion ``d`` and strength ``s`` is drawn with
     ``fold_in(key, b, d, s)``, so results are reproducible and every model of a comparison sees the
@@ -71,8 +75,13 @@ def evaluate_robustness(
     }
     totals: dict[str, Any] = {"clean": {"top1": 0.0, "top5": 0.0}, "distortions": {}}
     count = 0.0
-    batches = list(batches)
-    bar = tqdm(total=len(batches) * (1 + len(DISTORTIONS) * len(STRENGTHS)), disable=not progress)
+    if num_batches is None and isinstance(batches, Sized):
+        num_batches = len(batches)
+    evaluations_per_batch = 1 + len(DISTORTIONS) * len(STRENGTHS)
+    bar = tqdm(
+        total=None if num_batches is None else num_batches * evaluations_per_batch,
+        disable=not progress,
+    )
     for batch_index, batch in enumerate(batches):
         labels, mask = np.asarray(batch["label"]), np.asarray(batch["mask"], np.float32)
         images = jnp.asarray(batch["image"])

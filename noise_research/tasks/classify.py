@@ -433,15 +433,17 @@ class ClassifyTask:
             saliency_logits_fn = jax.jit(functools.partial(reference_task.logits, reference_state))
         saliency_fn = gradient_saliency(saliency_logits_fn)
         source = self._eval_source
-        batches = [source.batch(i) for i in range(self.num_eval_batches)]
+        batches = (source.batch(i) for i in range(self.num_eval_batches))  # streamed, not held
         # The cheap 'rbg' generator: the distortions compile several times faster than threefry.
         key = jax.random.key(options["seed"], impl="rbg")
-        result = evaluate_robustness(logits_fn, batches, key, saliency_fn)
+        result = evaluate_robustness(
+            logits_fn, batches, key, saliency_fn, num_batches=self.num_eval_batches
+        )
         name = options["model_name"] or self.model_name()
         out = os.path.join(workdir, "robustness")
         write_robustness_report(out, {name: result})
         save_distortion_gallery(
-            os.path.join(out, "gallery.png"), batches[0]["image"][0], key, saliency_fn
+            os.path.join(out, "gallery.png"), source.batch(0)["image"][0], key, saliency_fn
         )
         return {f"table2/{column}": value for column, value in table2_row(result).items()}
 
