@@ -1,6 +1,6 @@
 """The embedded default: ResNet-18 (small stem, width 16) on scikit-learn digits upscaled to 16².
 
-Reaches ~97% test accuracy in about a minute on 2 CPU cores (plain), with any quantizer:
+Reaches 94–97% test accuracy (seeds 0–3) in half a minute on 2 CPU cores, with any quantizer:
     --config configs/classify/digits.py          plain convolutions
     --config configs/classify/digits.py:pow      POW (sf, pow, hpow, sf_pow, dorefa likewise)
     --config configs/classify/digits.py:stability --config.finetune.init_workdir=RUN
