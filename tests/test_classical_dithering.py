@@ -1,7 +1,5 @@
 """Tests for the classical halftoning references (noise_research/classical/dithering.py)."""
 
-import time
-
 import numpy as np
 import pytest
 
@@ -135,12 +133,11 @@ def test_ordered_dither_whitens_the_expected_count_per_tile():
         np.testing.assert_array_equal(halftone[:, :, 0], np.tile(tile, (2, 3)))
 
 
-def test_floyd_steinberg_is_fast_on_a_megapixel_image():
+def test_floyd_steinberg_keeps_the_tone_of_a_megapixel_image():
+    # Its speed (about 10 ms for 1024² on a CPU) is measured by `python -m noise_research.bench
+    # halftone`, not here.
     gray = np.random.default_rng(4).uniform(-1.0, 1.0, size=(1024, 1024)).astype(np.float32)
-    floyd_steinberg(gray)  # compiles for this shape
-    start = time.perf_counter()
     halftone = floyd_steinberg(gray)
-    assert time.perf_counter() - start < 3.0
     assert abs(halftone.mean() - gray.mean()) < 0.01
 
 
