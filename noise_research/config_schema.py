@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -130,6 +131,18 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[path] = value
     return flat
+
+
+def differences(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, value before, value now)`` for every leaf that differs (None where absent),
+    compared as JSON: a tuple read back from a run's ``config.json`` as a list is no change."""
+    before_flat = flatten(json.loads(json.dumps(before)))
+    now_flat = flatten(json.loads(json.dumps(now)))
+    return [
+        (key, before_flat.get(key), now_flat.get(key))
+        for key in sorted(before_flat.keys() | now_flat.keys())
+        if before_flat.get(key) != now_flat.get(key)
+    ]
 
 
 def unknown_key_message(key: str, value: Any, known: Mapping[str, Any] | list[str]) -> str:

@@ -75,14 +75,12 @@ def _record_config(workdir: str, config: dict) -> None:
     path = os.path.join(workdir, "config.json")
     if os.path.exists(path):
         with open(path) as f:
-            previous = config_schema.flatten(json.load(f))
-        now = config_schema.flatten(json.loads(json.dumps(config)))  # tuples as JSON lists
-        changed = sorted(k for k in now if previous.get(k) != now[k])
+            changed = config_schema.differences(json.load(f), config)
         if changed:
             log.warning(
                 "config differs from the run already in %s: %s",
                 workdir,
-                ", ".join(f"{k}: {previous.get(k)!r} -> {now[k]!r}" for k in changed),
+                ", ".join(f"{key}: {before!r} -> {now!r}" for key, before, now in changed),
             )
     os.makedirs(workdir, exist_ok=True)
     with open(path, "w") as f:

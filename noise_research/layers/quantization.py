@@ -36,6 +36,8 @@ from noise_research.registry import register_block
 QUANTIZATIONS = ("none", "sf", "pow", "hpow", "sf_pow")
 """The input transforms `QuantizedConv` accepts: identity, τ (eq. 2), ψ (eq. 4), hyper-ψ (eq. 7),
 τ∘ψ."""
+GROUPED_QUANTIZATIONS = ("pow", "hpow", "sf_pow")
+"""Those with exponents per output-channel group, which allow Λ > 1 (`QuantizedConv.groups`)."""
 
 PENALTY_COLLECTION = "penalties"
 """The variable collection into which the exponent layers sow 'alpha_l1' and 'alpha_l2'."""
@@ -360,7 +362,7 @@ class QuantizedConv(nn.Module):
             raise ValueError(
                 f"quantization={self.quantization!r} is not supported; allowed: {QUANTIZATIONS}."
             )
-        if self.groups > 1 and self.quantization not in ("pow", "hpow", "sf_pow"):
+        if self.groups > 1 and self.quantization not in GROUPED_QUANTIZATIONS:
             raise ValueError(
                 f"groups={self.groups!r} with quantization={self.quantization!r}: only the power "
                 "transforms ('pow', 'hpow', 'sf_pow') have per-group exponents; use groups=1."

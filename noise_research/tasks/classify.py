@@ -35,6 +35,7 @@ from noise_research import config_schema as cs
 from noise_research.data.base import BatchSource
 from noise_research.data.distortions import gradient_saliency, save_distortion_gallery
 from noise_research.layers.quantization import (
+    GROUPED_QUANTIZATIONS,
     QUANTIZATIONS,
     DoReFaConv,
     QuantizedConv,
@@ -58,7 +59,6 @@ if TYPE_CHECKING:
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 QUANTIZER_KINDS = (*QUANTIZATIONS, "dorefa")
-GROUPED_QUANTIZER_KINDS = ("pow", "hpow", "sf_pow")  # the ones with per-group exponents (Λ > 1)
 QUANTIZER_PLACES = ("all", "3x3")
 DEPTHS = (10, 18, 34, 50, 101)
 STEMS = ("imagenet", "small")
@@ -99,7 +99,7 @@ def config_rules() -> dict[str, cs.Rule]:
                 v == 1
                 or (
                     cs.integer(minimum=2).check(v, c)
-                    and c.get("model.quantizer.kind") in GROUPED_QUANTIZER_KINDS
+                    and c.get("model.quantizer.kind") in GROUPED_QUANTIZATIONS
                     and c.get("model.width") % v == 0
                 )
             ),
@@ -132,7 +132,7 @@ def config_rules() -> dict[str, cs.Rule]:
             ),
         ),
         "optimizer.step_factor": cs.Rule(
-            lambda v, _: cs.positive_number().check(v, _) and v <= 1, "a number in (0, 1]"
+            lambda v, c: cs.positive_number().check(v, c) and v <= 1, "a number in (0, 1]"
         ),
         "finetune.init_workdir": cs.optional(cs.text()),
         "finetune.trainable": cs.Rule(
@@ -393,14 +393,12 @@ class ClassifyTask:
         if source is None:
             return state
         pretrained_task, pretrained = restore_run(source, key="finetune.init_workdir")
-        ours = cs.flatten(json.loads(json.dumps(self.config["model"])))  # tuples as JSON lists
-        theirs = cs.flatten(pretrained_task.config["model"])
-        differing = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        differing = cs.differences(pretrained_task.config["model"], self.config["model"])
         if differing:
             raise cs.ConfigError(
                 f"config.finetune.init_workdir = {source!r}: not allowed; that run's config.model "
                 "must equal this one, but differs in "
-                + ", ".join(f"model.{k} ({theirs.get(k)!r} there)" for k in differing)
+                + ", ".join(f"model.{key} ({theirs!r} there)" for key, theirs, _ in differing)
             )
         return state.replace(
             params=pretrained.params,
