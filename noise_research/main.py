@@ -16,7 +16,6 @@ import os
 import runpy
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -29,9 +28,6 @@ _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize() (one process per host)."
 )
 flags.mark_flags_as_required(["config", "workdir"])
-
-if TYPE_CHECKING:
-    from noise_research.train.loop import LoopConfig
 
 log = logging.getLogger("noise_research")
 
@@ -89,41 +85,34 @@ def _record_config(workdir: str, config: dict) -> None:
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    import jax
-
-    from noise_research.tasks import task_module
     from noise_research.train import parallel
-    from noise_research.train.loop import LoopConfig
 
     for noisy in ("absl", "jax"):  # orbax's and the backend probe's INFO lines
         logging.getLogger(noisy).setLevel(logging.WARNING)
     log.setLevel(logging.INFO)
     parallel.maybe_initialize_distributed(_MULTIHOST.value)
-    config = _CONFIG.value.to_dict()
     try:
-        module = task_module(config.get("task"))
-        config_schema.validate(config, module.config_rules(), num_devices=jax.device_count())
-    except ValueError as error:
+        _run(_CONFIG.value.to_dict(), _WORKDIR.value)
+    except config_schema.ConfigError as error:  # a wrong value, found before any compilation
         sys.stderr.write(f"error: {error}\n")
         sys.exit(2)
 
-    workdir = _WORKDIR.value
+
+def _run(config: dict, workdir: str) -> None:
+    """Validates ``config``, then trains, or runs the evaluation ``config.mode`` on the latest
+    checkpoint. A value that only the data or another run can check raises ConfigError too."""
+    import jax
+
+    from noise_research.tasks import task_module
+    from noise_research.train.loop import LoopConfig, restore_state, train
+
+    module = task_module(config.get("task"))
+    config_schema.validate(config, module.config_rules(), num_devices=jax.device_count())
     mode = config.get("mode", "train")
     if mode == "train" and jax.process_index() == 0:  # an evaluation mode keeps the run's config
         _record_config(workdir, config)
     task = module.build(config)
     loop_config = LoopConfig(**config["train"])
-    try:
-        _run(task, loop_config, workdir, mode)
-    except config_schema.ConfigError as error:  # a value only the data or another run can check
-        sys.stderr.write(f"error: {error}\n")
-        sys.exit(2)
-
-
-def _run(task: Any, loop_config: LoopConfig, workdir: str, mode: str) -> None:
-    """Trains, or runs the evaluation ``mode`` on the latest checkpoint."""
-    from noise_research.train.loop import restore_state, train
-
     if mode != "train":
         restored = restore_state(task, loop_config, workdir)
         if restored is None:

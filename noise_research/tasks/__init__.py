@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from noise_research.config_schema import ConfigError
+
 TASK_MODULES = {
     "halftone": "noise_research.tasks.halftone",
     "classify": "noise_research.tasks.classify",
@@ -17,7 +19,7 @@ TASK_MODULES = {
 def task_module(name: str) -> ModuleType:
     """The module of task ``name``; a clear error lists the known tasks."""
     if name not in TASK_MODULES:
-        raise ValueError(
+        raise ConfigError(
             f"config.task = {name!r}: unknown task; allowed: {', '.join(TASK_MODULES)}"
         )
     return importlib.import_module(TASK_MODULES[name])
