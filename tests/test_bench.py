@@ -43,3 +43,21 @@ def test_classify_benchmark_writes_json_with_overheads(tmp_path):
     ]
     assert all(r["images_per_second"] > 0 for r in payload["train"])
     assert "overhead_percent" in payload["train"][1]
+
+
+def test_input_benchmark_writes_json_with_both_rates(tmp_path):
+    out = tmp_path / "input.json"
+    command = [
+        sys.executable, "-m", "noise_research.bench", "input", f"--out={out}",
+        "--num-records=6", "--record-bytes=20000", "--image-size=32", "--batch=4",
+        "--seconds=0.2", "--workers=2",
+    ]  # fmt: skip
+    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    payload = json.loads(out.read_text())
+    assert payload["images_per_second_per_core"] > 0
+    assert payload["images_per_second_all_cores"] > 0
+    assert payload["workers_all_cores"] == 2
+    assert 15_000 < payload["average_record_bytes"] < 25_000
+    assert payload["machine"]["cpu_model"] and payload["machine"]["cpu_cores"] >= 1
+    assert payload["settings"]["image_size"] == 32

@@ -1,5 +1,6 @@
 """Tests for TfdsImageBatches: tfds.data_source (array_record) + grain, without TensorFlow."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from noise_research.data import (
     DatasetNotPreparedError,
     TfdsImageBatches,
     gray_random_crop,
+    open_encoded_image_source,
     resize_gray,
     rgb_to_gray,
 )
@@ -44,6 +46,7 @@ class NoiseResearchTinyImages(tfds.core.GeneratorBasedBuilder):
 def _mock_cifar10_batches(**kwargs) -> TfdsImageBatches:
     kwargs.setdefault("process_index", 0)
     kwargs.setdefault("process_count", 1)
+    kwargs.setdefault("num_workers", 2)
     return TfdsImageBatches("cifar10", **kwargs)
 
 
@@ -62,11 +65,24 @@ def tiny_images_data_dir(tmp_path):
 def test_batches_have_the_contract_shape_and_range(mock_cifar10):
     source = _mock_cifar10_batches(global_batch_size=4, crop_size=16, seed=3)
     assert isinstance(source, BatchSource)
-    batch = source.batch(0)
-    assert set(batch) == {"image"}
+    batch = source.batch(2)
+    assert set(batch) == {"image", "position"}
     chex.assert_shape(batch["image"], (4, 16, 16, 1))
     assert batch["image"].dtype == np.float32
     assert batch["image"].min() >= -1.0 and batch["image"].max() <= 1.0
+    assert batch["position"].dtype == np.int32
+    np.testing.assert_array_equal(batch["position"], [8, 9, 10, 11])
+
+
+def test_iterate_yields_exactly_the_batches_of_batch(mock_cifar10):
+    source = _mock_cifar10_batches(
+        global_batch_size=4, crop_size=16, seed=3, process_index=1, process_count=2
+    )
+    batches = list(itertools.islice(source.iterate(4), 3))
+    for step, batch in enumerate(batches, start=4):
+        np.testing.assert_array_equal(batch["position"], [4 * step + 2, 4 * step + 3])
+        chex.assert_trees_all_equal(batch, source.batch(step))
+    assert not np.array_equal(batches[0]["image"], batches[1]["image"])
 
 
 def test_batch_is_a_pure_function_of_seed_and_step(mock_cifar10):
@@ -90,14 +106,14 @@ def test_global_batch_is_the_same_for_any_process_count(mock_cifar10):
                 seed=1,
                 process_index=process_index,
                 process_count=process_count,
-            ).batch(5)["image"]
+            ).batch(5)
             for process_index in range(process_count)
         ]
         for shard in shards:
-            chex.assert_shape(shard, (8 // process_count, 8, 8, 1))
-        global_batches.append(np.concatenate(shards))
-    np.testing.assert_array_equal(global_batches[0], global_batches[1])
-    np.testing.assert_array_equal(global_batches[0], global_batches[2])
+            chex.assert_shape(shard["image"], (8 // process_count, 8, 8, 1))
+        global_batches.append({key: np.concatenate([s[key] for s in shards]) for key in shards[0]})
+    np.testing.assert_array_equal(global_batches[0]["position"], range(40, 48))
+    chex.assert_trees_all_equal(*global_batches)
 
 
 def test_small_images_are_upscaled_and_each_epoch_is_a_permutation(mock_cifar10):
@@ -161,6 +177,11 @@ def test_prepared_array_record_dataset_is_read_without_mock(tiny_images_data_dir
         process_count=1,
     )
     chex.assert_shape(source.batch(3)["image"], (4, 16, 16, 1))
+    # Images stored as tensors (not as tfds.features.Image) are read decoded.
+    example = open_encoded_image_source(
+        "noise_research_tiny_images", "train", tiny_images_data_dir, "image"
+    )[0]
+    assert example["image"].shape == (20, 30, 3) and example["image"].dtype == np.uint8
 
 
 def test_tfrecord_only_dataset_error_says_so(tiny_images_data_dir):

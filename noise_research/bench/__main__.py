@@ -11,6 +11,7 @@ import importlib
 BENCHMARKS = {
     "halftone": "noise_research.bench.halftone",
     "classify": "noise_research.bench.classify",
+    "input": "noise_research.bench.input",
 }
 
 

@@ -18,6 +18,8 @@ halftoning").
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Callable, Iterator
 from typing import Protocol, runtime_checkable
 
 import jax
@@ -29,6 +31,14 @@ RGB_TO_GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 # Largest seed accepted everywhere (numpy and grain both take 32-bit unsigned seeds).
 MAX_SEED = 2**32 - 1
+
+ENDLESS = 2**62
+"""The step range of a training source's `iterate`: in practice without end."""
+
+WORKER_PREFETCH_BATCHES = 2
+"""Batches each worker process of `worker_batches` builds ahead."""
+
+Batch = dict[str, np.ndarray]
 
 
 @runtime_checkable
@@ -164,3 +174,39 @@ def resize_gray(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         (width, height), Image.Resampling.LANCZOS
     )
     return np.asarray(resized, dtype=np.float32)[..., None]
+
+
+def default_num_workers(num_workers: int | None) -> int:
+    """`num_workers` checked (>= 0), or one per CPU core of this host when None."""
+    return check_integer(os.cpu_count() or 1 if num_workers is None else num_workers, "num_workers")
+
+
+def worker_batches(
+    batch: Callable[[int], Batch], steps: range, num_workers: int
+) -> Iterator[Batch]:
+    """`batch(step)` for each step of `steps`, in order, built in `num_workers` processes.
+
+    grain's `mp_prefetch`: worker w builds whole batches for steps w, w + n, w + 2n, ... (n =
+    `num_workers`) on one core each and hands them over in shared memory; they come out in step
+    order, bit-identical to calling `batch` here, so resume stays exact. Processes rather than
+    threads: decoding and augmenting an image holds the GIL for part of its time, which caps one
+    process at a few thousand images/s however many cores it has. `batch` is a bound method of
+    a picklable source (cloudpickle), loaded once per worker. With `num_workers = 0` the batches
+    are built on one background thread of this process. Close the iterator (or drop it) to stop
+    the workers.
+    """
+    import grain
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():  # grain reads its absl flags; programs without absl
+        flags.FLAGS.mark_as_parsed()
+    batches = grain.MapDataset.range(steps.start, steps.stop).map(batch)
+    one_at_a_time = grain.ReadOptions(num_threads=1, prefetch_buffer_size=WORKER_PREFETCH_BATCHES)
+    pipeline = batches.to_iter_dataset(one_at_a_time)
+    if num_workers > 0:
+        pipeline = pipeline.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=num_workers, per_worker_buffer_size=WORKER_PREFETCH_BATCHES
+            )
+        )
+    return iter(pipeline)

@@ -1,9 +1,13 @@
-"""Gray random crops from any TFDS image data set, through `tfds.data_source` and grain.
+"""TFDS reading shared by the TFDS batch sources, and gray random crops from any TFDS image data
+set.
 
 DESIGN.md, "No TensorFlow in the core": real data sets (cifar10, imagenet2012, celeb_a, ...) are
-read from array_record files with `tfds.data_source` and indexed with grain's `MapDataset`, so a
-batch is a pure function of (seed, step, process_index) (the batch-source contract, base.py).
-Training crops for halftoning are gray 256² crops (DESIGN.md, "NIB / halftoning").
+read from array_record files with `tfds.data_source` and indexed by global example position
+(here with grain's `MapDataset`), so a batch is a pure function of (seed, step, process_index)
+(the batch-source contract, base.py), and the sources' `iterate(start_step)` can build batches
+in grain's worker processes (`base.worker_batches`). Training crops for halftoning are gray 256²
+crops (DESIGN.md, "NIB / halftoning").
+
 tensorflow_datasets and grain are imported inside the functions, so the package imports without
 them.
 """
@@ -11,17 +15,22 @@ them.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from noise_research.data.base import (
+    ENDLESS,
+    Batch,
     ProcessSlice,
     check_integer,
     check_seed,
+    default_num_workers,
     resize_gray,
     rgb_to_gray,
     uint8_scale_to_signed_unit,
+    worker_batches,
 )
 
 
@@ -30,9 +39,13 @@ class DatasetNotPreparedError(FileNotFoundError):
 
 
 def open_array_record_source(
-    name: str, split: str = "train", data_dir: str | os.PathLike | None = None
+    name: str,
+    split: str = "train",
+    data_dir: str | os.PathLike | None = None,
+    decoders: dict[str, Any] | None = None,
 ) -> Any:
-    """`tfds.data_source(name, split, data_dir)` without downloading; a clear error if missing.
+    """`tfds.data_source(name, split, data_dir, decoders)` without downloading; a clear error if
+    missing. `decoders` is TFDS's per-feature decoder mapping (e.g. `tfds.decode.SkipDecoding()`).
 
     Raises:
       DatasetNotPreparedError: the data set is not prepared in data_dir, or only in a format
@@ -41,7 +54,9 @@ def open_array_record_source(
     import tensorflow_datasets as tfds
 
     try:
-        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        return tfds.data_source(
+            name, split=split, data_dir=data_dir, download=False, decoders=decoders
+        )
     except tfds.core.registered.DatasetNotFoundError:
         raise
     except (NotImplementedError, FileNotFoundError, ValueError) as cause:
@@ -69,6 +84,41 @@ def open_array_record_source(
             f"  tfds.builder({name!r}, data_dir={root!r}, file_format='array_record')"
             ".download_and_prepare()"
         ) from cause
+
+
+def open_encoded_image_source(
+    name: str, split: str, data_dir: str | os.PathLike | None, image_key: str
+) -> Any:
+    """The array_record source of `open_array_record_source`, whose `image_key` feature comes as
+    the stored encoded bytes (JPEG, PNG, ...) when it is a `tfds.features.Image`, so the caller
+    decodes only what it needs (e.g. a JPEG drafted at a reduced scale); other features, and
+    images stored as tensors, come decoded.
+
+    `tfds.testing.mock_data` re-encodes its random images with TensorFlow when a decoder is
+    given; where TensorFlow is missing that raises ImportError, and the decoded arrays are read.
+
+    Raises:
+      ValueError: `image_key` is not a feature of the data set.
+    """
+    import tensorflow_datasets as tfds
+
+    decoded_source = open_array_record_source(name, split, data_dir)
+    features = decoded_source.dataset_info.features
+    if image_key not in features:
+        raise ValueError(
+            f"image_key={image_key!r} is not a feature of TFDS dataset {name!r}; "
+            f"its features are {sorted(features.keys())}."
+        )
+    if not isinstance(features[image_key], tfds.features.Image) or len(decoded_source) == 0:
+        return decoded_source
+    encoded_source = open_array_record_source(
+        name, split, data_dir, decoders={image_key: tfds.decode.SkipDecoding()}
+    )
+    try:
+        encoded_source[0]
+    except ImportError:
+        return decoded_source
+    return encoded_source
 
 
 def gray_random_crop(image: np.ndarray, crop_size: int, rng: np.random.Generator) -> np.ndarray:
@@ -101,7 +151,9 @@ class TfdsImageBatches:
     epoch, repeated without end, then a `random_map` whose generator grain seeds from (seed,
     global position) draws the crop position. The example at global position n is therefore fixed
     by (seed, n), and `batch(step)` returns this process's slice of the global batch for `step`,
-    `{"image": (global_batch_size // process_count, crop_size, crop_size, 1)}` float32 in [−1, 1].
+    `{"image": (b, crop_size, crop_size, 1)}` float32 in [−1, 1] and `"position"`: (b,) int32,
+    each row's global position, with b = global_batch_size // process_count. `iterate` yields
+    the same batches from `num_workers` processes (`worker_batches`; default: one per CPU core).
     """
 
     def __init__(
@@ -116,6 +168,7 @@ class TfdsImageBatches:
         image_key: str = "image",
         process_index: int | None = None,
         process_count: int | None = None,
+        num_workers: int | None = None,
     ) -> None:
         import grain
 
@@ -124,6 +177,7 @@ class TfdsImageBatches:
         self.name, self.split, self.image_key = name, split, image_key
         self.crop_size = check_integer(crop_size, "crop_size", 1)
         self.seed = check_seed(seed)
+        self.num_workers = default_num_workers(num_workers)
 
         data_source = open_array_record_source(name, split, data_dir)
         if len(data_source) == 0:
@@ -144,7 +198,17 @@ class TfdsImageBatches:
             )
         )
 
-    def batch(self, step: int) -> dict[str, np.ndarray]:
-        """This process's crops for `step`, {"image": (b, crop, crop, 1)} float32 in [−1, 1]."""
-        crops = [self._examples[position] for position in self.process_slice.global_positions(step)]
-        return {"image": np.stack(crops)}
+    def batch(self, step: int) -> Batch:
+        """This process's crops for `step`: {"image": (b, crop, crop, 1) float32 in [−1, 1],
+        "position": (b,) int32}."""
+        positions = self.process_slice.global_positions(step)
+        return {
+            "image": np.stack([self._examples[position] for position in positions]),
+            "position": np.asarray(positions, np.int32),
+        }
+
+    def iterate(self, start_step: int) -> Iterator[Batch]:
+        """`batch(start_step)`, `batch(start_step + 1)`, ... without end, built by `num_workers`
+        processes (`worker_batches`)."""
+        start_step = check_integer(start_step, "start_step")
+        return worker_batches(self.batch, range(start_step, ENDLESS), self.num_workers)
