@@ -1,9 +1,19 @@
-"""Config validation: every key known, every value checked, one clear line per mistake.
+"""Config sections and validation: every key declared once, every value checked, one clear line
+per mistake.
 
-A task declares a ``{dotted.key: Rule}`` mapping for every key its config may hold. :func:`validate`
-runs before anything is built or compiled and raises :class:`ConfigError` naming the key, the value
-given and what is allowed. Works on ``ml_collections.ConfigDict`` or plain nested dicts (this module
-does not import ml_collections).
+A config section is a frozen dataclass next to the code that reads it (``train.loop.LoopConfig``,
+``train.optim.OptimizerConfig``, a task's data / model / loss sections). Each field is declared
+with :func:`setting`: its default, its :class:`Rule` and its meaning side by side; a field holding
+another section is declared with :func:`subsection`. From the sections of an experiment come
+
+* its rules (:func:`section_rules`), which :func:`validate` checks before anything is built or
+  compiled, raising :class:`ConfigError` naming the key, the value given and what is allowed;
+* its ``ml_collections.ConfigDict`` of defaults (:func:`config_dict`), which the files in
+  ``configs/`` adjust; a section instance with other values gives a task its own defaults;
+* the typed object the code reads (:func:`read_section`) instead of string lookups;
+* the key listing with meanings (:func:`describe_keys`).
+
+Validation works on ``ml_collections.ConfigDict`` or plain nested dicts.
 """
 
 from __future__ import annotations
@@ -11,9 +21,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import numbers
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+SectionT = TypeVar("SectionT")
 
 
 class ConfigError(ValueError):
@@ -76,7 +89,8 @@ def number(minimum: float | None = None, maximum: float | None = None) -> Rule:
 
 
 def positive_number() -> Rule:
-    return Rule(lambda v, _: _is_number(v) and v > 0, "a number > 0")
+    """A finite number > 0 (a learning rate of inf or nan is a mistake, not a setting)."""
+    return Rule(lambda v, _: _is_number(v) and 0 < v < math.inf, "a finite number > 0")
 
 
 def fraction_below_one() -> Rule:
@@ -166,3 +180,91 @@ def validate(config: Mapping[str, Any], rules: Mapping[str, Rule], *, num_device
             raise ConfigError(
                 f"config.{key} = {flat[key]!r}: not allowed; it must be {rule.describe(context)}"
             )
+
+
+def setting(default: Any, rule: Rule, doc: str, *, placeholder: type | None = None) -> Any:
+    """Declares a config key: its ``default``, its ``rule`` and its meaning ``doc``, side by side.
+
+    A key whose default is None gives the type of the values it takes as ``placeholder`` (the
+    command line then accepts ``--config.key=value`` for it).
+    """
+    if default is None and placeholder is None:
+        raise TypeError("a setting whose default is None needs placeholder=<type>")
+    return dataclasses.field(
+        default=default, metadata={"rule": rule, "doc": doc, "placeholder": placeholder}
+    )
+
+
+def subsection(factory: Callable[[], Any], doc: str) -> Any:
+    """Declares a field that holds a whole section (``model.nib``), with its defaults."""
+    return dataclasses.field(default_factory=factory, metadata={"doc": doc})
+
+
+def _is_section(value: Any) -> bool:
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+
+
+def _leaf_fields(prefix: str, section: Any) -> Iterator[tuple[str, dataclasses.Field]]:
+    """``('prefix.key', field)`` for every key of ``section`` (a class or instance), nested
+    sections walked."""
+    instance = section() if isinstance(section, type) else section
+    for field in dataclasses.fields(instance):
+        value = getattr(instance, field.name)
+        if _is_section(value):
+            yield from _leaf_fields(f"{prefix}.{field.name}", value)
+        else:
+            yield f"{prefix}.{field.name}", field
+
+
+def section_rules(prefix: str, section: Any) -> dict[str, Rule]:
+    """``{'prefix.key': rule}`` for every key of ``section`` (a section class or instance)."""
+    return {key: field.metadata["rule"] for key, field in _leaf_fields(prefix, section)}
+
+
+def experiment_rules(sections: Mapping[str, Any], **top_level: Rule) -> dict[str, Rule]:
+    """The rules of a whole experiment config: ``top_level`` keys and every section's keys."""
+    rules = dict(top_level)
+    for name, section in sections.items():
+        rules.update(section_rules(name, section))
+    return rules
+
+
+def describe_keys(prefix: str, section: Any) -> dict[str, str]:
+    """``{'prefix.key': meaning}`` for every key of ``section``."""
+    return {key: field.metadata["doc"] for key, field in _leaf_fields(prefix, section)}
+
+
+def config_dict(sections: Mapping[str, Any], **top_level: Any) -> Any:
+    """An ``ml_collections.ConfigDict`` holding ``top_level`` keys and each section's values."""
+    import ml_collections
+    from ml_collections import config_dict as ml_config_dict
+
+    def section_dict(instance: Any) -> ml_collections.ConfigDict:
+        node = ml_collections.ConfigDict()
+        for field in dataclasses.fields(instance):
+            value = getattr(instance, field.name)
+            if _is_section(value):
+                node[field.name] = section_dict(value)
+            elif value is None:
+                node[field.name] = ml_config_dict.placeholder(field.metadata["placeholder"])
+            else:
+                node[field.name] = value
+        return node
+
+    config = ml_collections.ConfigDict(dict(top_level))
+    for name, instance in sections.items():
+        config[name] = section_dict(instance)
+    return config
+
+
+def read_section(section_class: type[SectionT], values: Mapping[str, Any]) -> SectionT:
+    """The typed section of a validated config's sub-mapping (nested sections included)."""
+    kwargs = {}
+    for field in dataclasses.fields(section_class):
+        value = values[field.name]
+        if field.default_factory is not dataclasses.MISSING:
+            value = read_section(type(field.default_factory()), value)
+        elif isinstance(value, list):  # a tuple read back from JSON
+            value = tuple(value)
+        kwargs[field.name] = value
+    return section_class(**kwargs)

@@ -25,9 +25,17 @@ from noise_research import config_schema
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (Python).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and pictures go.")
 _MULTIHOST = flags.DEFINE_bool(
-    "multihost", False, "Call jax.distributed.initialize() (one process per host)."
+    "multihost",
+    False,
+    "Join a multi-process run with jax.distributed.initialize() (one process per host, or "
+    "NUM_PROCESSES=N launch/local.sh for N on this machine).",
 )
-flags.mark_flags_as_required(["config", "workdir"])
+_DESCRIBE = flags.DEFINE_bool(
+    "describe",
+    False,
+    "Print every config key with its value and meaning (after overrides), check them, and exit.",
+)
+flags.mark_flags_as_required(["config"])
 
 log = logging.getLogger("noise_research")
 
@@ -85,17 +93,44 @@ def _record_config(workdir: str, config: dict) -> None:
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    from noise_research.train import parallel
-
     for noisy in ("absl", "jax"):  # orbax's and the backend probe's INFO lines
         logging.getLogger(noisy).setLevel(logging.WARNING)
     log.setLevel(logging.INFO)
-    parallel.maybe_initialize_distributed(_MULTIHOST.value)
+    if _MULTIHOST.value:
+        from noise_research.train.distributed import initialize_distributed
+
+        initialize_distributed()
     try:
+        if _DESCRIBE.value:
+            print(_describe(_CONFIG.value.to_dict()))
+            return
+        if _WORKDIR.value is None:
+            sys.stderr.write("error: --workdir is required: where checkpoints, metrics go\n")
+            sys.exit(2)
         _run(_CONFIG.value.to_dict(), _WORKDIR.value)
     except config_schema.ConfigError as error:  # a wrong value, found before any compilation
         sys.stderr.write(f"error: {error}\n")
         sys.exit(2)
+
+
+def _describe(config: dict) -> str:
+    """``key = value   meaning`` for every key of a checked config."""
+    import jax
+
+    from noise_research.tasks import task_module
+
+    module = task_module(config.get("task"))
+    config_schema.validate(config, module.config_rules(), num_devices=jax.device_count())
+    meanings = {}
+    for name, section in module.SECTIONS.items():
+        meanings.update(config_schema.describe_keys(name, section))
+    values = {key: repr(value) for key, value in config_schema.flatten(config).items()}
+    key_width = max(map(len, values))
+    value_width = min(max(map(len, values.values())), 24)
+    return "\n".join(
+        f"{key:<{key_width}} = {value:<{value_width}}  {meanings.get(key, '')}".rstrip()
+        for key, value in values.items()
+    )
 
 
 def _run(config: dict, workdir: str) -> None:
@@ -112,7 +147,7 @@ def _run(config: dict, workdir: str) -> None:
     if mode == "train" and jax.process_index() == 0:  # an evaluation mode keeps the run's config
         _record_config(workdir, config)
     task = module.build(config)
-    loop_config = LoopConfig(**config["train"])
+    loop_config = config_schema.read_section(LoopConfig, config["train"])
     if mode != "train":
         restored = restore_state(task, loop_config, workdir)
         if restored is None:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from configs.halftone.common import halftone_config
+from noise_research.tasks.halftone import experiment_config
 
 
 def tiny_halftone_config(
     first_layer: str = "nib", model: str = "resnet", **train_overrides
 ) -> dict:
     """32² crops, width 8, no pictures at the end (the report has its own test)."""
-    config = halftone_config(model=model, first_layer=first_layer, demo=True).to_dict()
+    config = experiment_config(model=model, first_layer=first_layer, demo=True).to_dict()
     config["data"].update(crop_size=32, batch_size=4, constant_batch_size=4)
     config["model"].update(width=8)
     config["eval"].update(image_size=32, batch_size=8, num_batches=1, report_image_size=32)

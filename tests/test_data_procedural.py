@@ -123,10 +123,11 @@ def test_comic_batches_is_a_batch_source_of_comic_images():
     )
     assert isinstance(source, BatchSource)
     batch = source.batch(2)
-    assert set(batch) == {"image"}
+    assert set(batch) == {"image", "position"}
     chex.assert_shape(batch["image"], (4, 16, 12, 1))
     expected = np.stack([comic_image(5, position, (16, 12)) for position in range(8, 12)])
     np.testing.assert_array_equal(batch["image"], expected)
+    np.testing.assert_array_equal(batch["position"], np.arange(8, 12, dtype=np.int32))
     np.testing.assert_array_equal(batch["image"], source.batch(2)["image"])
     assert not np.array_equal(batch["image"], source.batch(3)["image"])
 
@@ -144,6 +145,8 @@ def test_comic_batches_global_batch_is_the_same_for_any_process_count():
         for shard in shards:
             chex.assert_shape(shard["image"], (8 // process_count, 8, 8, 1))
         global_batches.append(np.concatenate([shard["image"] for shard in shards]))
+        positions = np.concatenate([shard["position"] for shard in shards])
+        np.testing.assert_array_equal(positions, np.arange(step * 8, step * 8 + 8))
     np.testing.assert_array_equal(global_batches[0], global_batches[1])
     np.testing.assert_array_equal(global_batches[0], global_batches[2])
 
@@ -157,13 +160,12 @@ def test_comic_batches_rejects_indivisible_global_batch():
 
 
 def test_constant_gray_batch_is_constant_per_image_uniform_and_deterministic():
-    batch = constant_gray_batch(seed=2, step=5, n=3, size=(4, 6))
+    batch = constant_gray_batch(seed=2, step=5, global_batch_size=3, size=(4, 6))
     chex.assert_shape(batch, (3, 4, 6, 1))
     assert batch.dtype == np.float32
     np.testing.assert_array_equal(batch, batch[:, :1, :1, :] * np.ones_like(batch))
     np.testing.assert_array_equal(batch, constant_gray_batch(2, 5, 3, (4, 6)))
     assert not np.array_equal(batch, constant_gray_batch(2, 6, 3, (4, 6)))
-    assert not np.array_equal(batch, constant_gray_batch(2, 5, 3, (4, 6), process_index=1))
 
     levels = constant_gray_batch(0, 0, 4000, (1, 1)).ravel()
     assert levels.min() >= -1.0 and levels.max() <= 1.0
@@ -173,9 +175,21 @@ def test_constant_gray_batch_is_constant_per_image_uniform_and_deterministic():
     assert histogram.min() > 300
 
 
-def test_constant_gray_batch_rejects_bad_n():
-    with pytest.raises(ValueError, match="n must"):
+def test_constant_gray_global_batch_is_the_same_for_any_process_count():
+    whole = constant_gray_batch(7, 3, 8, (2, 2))
+    for process_count in (2, 4):
+        shards = [
+            constant_gray_batch(7, 3, 8, (2, 2), p, process_count) for p in range(4)[:process_count]
+        ]
+        chex.assert_shape(shards[0], (8 // process_count, 2, 2, 1))
+        np.testing.assert_array_equal(np.concatenate(shards), whole)
+
+
+def test_constant_gray_batch_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="global_batch_size must"):
         constant_gray_batch(0, 0, 0, (4, 4))
+    with pytest.raises(ValueError, match="process_count=4"):
+        constant_gray_batch(0, 0, 6, (4, 4), 0, 4)
 
 
 def test_gray_ramp_goes_from_black_to_white_left_to_right():
@@ -207,14 +221,21 @@ def test_gray_steps_rejects_bad_arguments(levels, size, message):
 # ---------------------------------------------------------------- scikit-image samples
 
 
-def test_default_sample_images_are_gray_squares_in_range():
+def test_default_sample_images_are_distinct_gray_photographs_in_range():
     images = sample_images(size=32)
-    assert list(images) == ["camera", "astronaut", "coffee", "chelsea", "rocket"]
-    for image in images.values():
+    assert len(images) >= 2
+    # The default set is loaded like any named offline set (same names, same pixels).
+    named = sample_images(list(images), size=32)
+    assert list(named) == list(images) and set(images) <= set(SAMPLE_IMAGE_NAMES)
+    for name, image in images.items():
         chex.assert_shape(image, (32, 32, 1))
         assert image.dtype == np.float32
         assert image.min() >= -1.0 and image.max() <= 1.0
-        assert image.std() > 0.1  # a real picture, not a constant
+        np.testing.assert_array_equal(image, named[name])
+        assert image.std() > 0.1, name  # a contrasted picture, not a flat texture or constant
+    # No picture twice (skimage's "cat" is "chelsea" under another name).
+    flattened = np.stack([image.ravel() for image in images.values()])
+    assert len(np.unique(flattened, axis=0)) == len(images)
 
 
 def test_every_listed_sample_image_loads_offline():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import chex
@@ -33,9 +32,7 @@ def test_blue_noise_loss_prefers_high_frequency_patterns():
     gray = jnp.zeros((1, size, size, 1))
     checker = jnp.where((jnp.arange(size)[:, None] + jnp.arange(size)[None, :]) % 2 == 0, 1.0, -1.0)
     halves = jnp.where(jnp.arange(size)[None, :] < size // 2, 1.0, -1.0) * jnp.ones((size, 1))
-    weights = dict(
-        tone_weight=0.6, quantization_weight=0.2, blue_noise_weight=0.3, blue_noise_fraction=0.2
-    )
+    weights = halftone.HalftoneLoss()
     _, checker_terms = halftone.halftone_losses(checker[None, :, :, None], gray, 1, weights)
     _, halves_terms = halftone.halftone_losses(halves[None, :, :, None], gray, 1, weights)
     assert checker_terms["blue_noise_loss"] < 0.1 * halves_terms["blue_noise_loss"]
@@ -84,14 +81,11 @@ def test_unknown_key_in_config_file_is_reported_with_suggestion():
         config_schema.validate(config, halftone.config_rules(), num_devices=1)
 
 
-def test_dynamic_noise_keys_differ_per_step_and_device_stationary_keys_do_not_change(tmp_path):
+def test_noise_keys_differ_per_step_and_kind_and_stationary_keys_do_not_change(tmp_path):
     root = jax.random.PRNGKey(0)
     per_step = [step_rngs(root, jnp.int32(s))["noise"] for s in range(3)]
-    assert len({tuple(np.asarray(k)) for k in per_step}) == 3
-    per_device = jax.pmap(
-        lambda _: step_rngs(root, jnp.int32(0), axis_name="data")["noise"], axis_name="data"
-    )(jnp.arange(8))
-    assert len({tuple(np.asarray(k)) for k in per_device}) == 8
+    per_kind = [step_rngs(root, jnp.int32(0), kind=k)["noise"] for k in ("train", "generator")]
+    assert len({tuple(np.asarray(k)) for k in per_step + per_kind[1:]}) == 4
 
     config = tiny_halftone_config(num_steps=2, parallel="pmap")
     task = halftone.build(config)
@@ -109,10 +103,34 @@ def test_dynamic_noise_keys_differ_per_step_and_device_stationary_keys_do_not_ch
     )
 
 
-def test_jit_and_pmap_halftone_steps_match_one_device(tmp_path):
+def test_joined_batch_positions_number_images_then_constants_for_any_process_count():
+    config = tiny_halftone_config()
+    task = halftone.build(config)
+    step, images, constants = 3, config["data"]["batch_size"], config["data"]["constant_batch_size"]
+    joined = images + constants
+    for process_count in (1, 2):
+        shards = [task.train_source(p, process_count).batch(step) for p in range(process_count)]
+        image_positions = np.concatenate([b["image_position"] for b in shards])
+        constant_positions = np.concatenate([b["constant_position"] for b in shards])
+        np.testing.assert_array_equal(image_positions, step * joined + np.arange(images))
+        np.testing.assert_array_equal(
+            constant_positions, step * joined + images + np.arange(constants)
+        )
+        whole = task.train_source(0, 1).batch(step)
+        np.testing.assert_array_equal(np.concatenate([b["image"] for b in shards]), whole["image"])
+        np.testing.assert_array_equal(
+            np.concatenate([b["constant"] for b in shards]), whole["constant"]
+        )
+
+
+def test_jit_and_pmap_dynamic_noise_halftone_runs_match_one_device(tmp_path):
+    """On 8 devices the joined batch is split differently by each backend (pmap joins each
+    device's image and constant rows); with dynamic noise keyed by position the run is the same."""
     config = tiny_halftone_config(num_steps=3)
+    config["data"].update(batch_size=8, constant_batch_size=8)
+    config["model"]["nib"]["stationary"] = False
     runs = {}
-    for name, parallel, count in [("one", "jit", 1), ("jit", "jit", 4), ("pmap", "pmap", 4)]:
+    for name, parallel, count in [("one", "jit", 1), ("jit", "jit", 8), ("pmap", "pmap", 8)]:
         config["train"]["parallel"] = parallel
         runs[name] = train(
             halftone.build(config),
@@ -124,6 +142,11 @@ def test_jit_and_pmap_halftone_steps_match_one_device(tmp_path):
         chex.assert_trees_all_close(runs[name].state.params, runs["one"].state.params, atol=2e-5)
         np.testing.assert_allclose(
             runs[name].train_metrics["loss"], runs["one"].train_metrics["loss"], rtol=1e-5
+        )
+        np.testing.assert_allclose(
+            runs[name].eval_metrics["constant/tone_psnr"],
+            runs["one"].eval_metrics["constant/tone_psnr"],
+            rtol=1e-5,
         )
 
 
@@ -173,4 +196,17 @@ def test_report_writes_pictures_and_comparison_table(tmp_path):
     # Floyd–Steinberg is blue noise: little low-frequency power on mid-gray, good tone.
     assert table["floyd_steinberg"]["constant_1/2_low_frequency_energy"] < 0.05
     assert report["floyd_steinberg/constant_tone_psnr"] > 25.0
-    assert os.path.exists(out / "comparison.md")
+    # The returned figures, comparison.json and comparison.md hold the same numbers.
+    assert report == {f"{m}/{key}": value for m, row in table.items() for key, value in row.items()}
+    header, _, *rows = (out / "comparison.md").read_text().splitlines()
+    columns = [cell.strip() for cell in header.split("|")[2:-1]]
+    markdown = {}
+    for line in rows:
+        method, *cells = (cell.strip() for cell in line.split("|")[1:-1])
+        markdown[method] = dict(zip(columns, map(float, cells), strict=True))
+    assert markdown.keys() == table.keys()
+    for method, row in table.items():
+        assert markdown[method].keys() == row.keys(), method
+        np.testing.assert_allclose(
+            [markdown[method][key] for key in row], list(row.values()), rtol=1e-3, err_msg=method
+        )

@@ -134,3 +134,46 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     assert "stopped at step" in stdout
     stopped_step = int(stdout.split("stopped at step ")[1].split(";")[0])
     assert str(stopped_step) in os.listdir(workdir / "checkpoints")
+
+
+def test_describe_lists_every_key_with_its_value_and_meaning_from_any_directory(tmp_path):
+    """--describe needs no workdir; config files load from any working directory."""
+    # One device, as in _main: the digits eval batch (100) is not divisible by the 8 test devices.
+    env = dict(
+        os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1"
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "noise_research.main",
+        f"--config={os.path.join(ROOT, 'configs/classify/digits.py')}:pow",
+        "--describe",
+        "--config.optimizer.learning_rate=0.05",
+    ]
+    completed = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 0, completed.stderr
+    from configs.classify import digits
+    from noise_research import config_schema
+    from noise_research.tasks import classify
+
+    printed = {}
+    for line in completed.stdout.splitlines():
+        key, value_and_meaning = line.split(" = ", 1)
+        printed[key.strip()] = value_and_meaning
+    assert set(printed) == set(classify.config_rules())
+    # Every key shows the value of the chosen config file after the override ...
+    expected = config_schema.flatten(digits.get_config("pow").to_dict())
+    assert expected["model.quantizer.kind"] == "pow" and expected["optimizer.learning_rate"] != 0.05
+    expected["optimizer.learning_rate"] = 0.05
+    # ... and the meaning declared beside its default, for the nested sections too.
+    meanings = {}
+    for name, section in classify.SECTIONS.items():
+        meanings.update(config_schema.describe_keys(name, section))
+    assert "model.quantizer.kind" in meanings
+    for key, value_and_meaning in printed.items():
+        assert value_and_meaning.startswith(repr(expected[key])), (key, value_and_meaning)
+        assert value_and_meaning.rstrip().endswith(meanings.get(key, "")), (key, value_and_meaning)
+        if key in meanings:
+            assert meanings[key] and meanings[key] not in repr(expected[key]), key

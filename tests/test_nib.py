@@ -128,24 +128,58 @@ def test_grid_block_needs_no_key_and_no_rng():
     np.testing.assert_allclose(noise_map[1, :, 3, 0], 0.3 * np.array([1, -1, 1, -1, 1, -1]))
 
 
+def test_dynamic_noise_map_of_a_row_is_keyed_by_its_position_not_its_row():
+    block = NoiseIncentiveBlock(features=4, stationary=False)
+    variables = _init(block)
+    inputs = jnp.concatenate([BATCH, BATCH])
+    rngs = {"noise": jax.random.key(1)}
+    _, state = block.apply(
+        variables, inputs, jnp.array([5, 9, 5, 7]), rngs=rngs, mutable=["intermediates"]
+    )
+    noise_map = state["intermediates"]["noise_map"][0]
+    np.testing.assert_array_equal(noise_map[0], noise_map[2])  # same position, same map
+    assert not np.allclose(noise_map[0], noise_map[1])
+    _, swapped_state = block.apply(
+        variables, inputs, jnp.array([9, 5, 7, 5]), rngs=rngs, mutable=["intermediates"]
+    )
+    swapped = swapped_state["intermediates"]["noise_map"][0]
+    np.testing.assert_array_equal(swapped[0], noise_map[1])
+    np.testing.assert_array_equal(swapped[1], noise_map[0])
+    np.testing.assert_array_equal(swapped[2], noise_map[3])
+
+
 @pytest.mark.multidevice
-def test_stationary_noise_is_identical_on_every_device_dynamic_differs():
+def test_noise_maps_are_a_function_of_the_example_not_the_device():
+    """One key on every device and the rows' global positions: the batch split over 8 devices
+    gets bit-for-bit the noise maps of the whole batch on one device, for both noise policies."""
     device_count = jax.device_count()
-    device_keys = jax.random.split(
-        jax.random.key(3), device_count
-    )  # as the trainer folds per device
-    replicated_batch = jnp.broadcast_to(BATCH, (device_count, *BATCH.shape))
+    inputs = jax.random.uniform(jax.random.key(6), (2 * device_count, 6, 6, 1), minval=-1)
+    positions = 100 + jnp.arange(2 * device_count)
+    key = jax.random.key(3)
     for stationary in (True, False):
         block = NoiseIncentiveBlock(features=4, stationary=stationary)
         variables = _init(block)
+
+        def apply(v, x, p, b=block):
+            outputs, state = b.apply(v, x, p, rngs={"noise": key}, mutable=["intermediates"])
+            return outputs, state["intermediates"]["noise_map"][0]
+
+        whole, whole_map = jax.jit(apply)(variables, inputs, positions)
         replicated = jax.tree.map(
             lambda leaf: jnp.broadcast_to(leaf, (device_count, *leaf.shape)), variables
         )
-        per_device = jax.pmap(lambda v, x, k, b=block: b.apply(v, x, rngs={"noise": k}))(
-            replicated, replicated_batch, device_keys
+        per_device, per_device_map = jax.pmap(apply)(
+            replicated,
+            inputs.reshape(device_count, 2, 6, 6, 1),
+            positions.reshape(device_count, 2),
         )
-        same_everywhere = all(np.array_equal(per_device[0], out) for out in per_device[1:])
-        assert same_everywhere == stationary
+        np.testing.assert_array_equal(
+            np.asarray(per_device_map).reshape(whole_map.shape), whole_map
+        )
+        np.testing.assert_allclose(
+            np.asarray(per_device).reshape(whole.shape), whole, rtol=1e-5, atol=1e-6
+        )
+        assert np.array_equal(whole_map[0], whole_map[1]) == stationary
 
 
 # --- the block ----------------------------------------------------------------------------------
@@ -182,18 +216,33 @@ def test_fused_conv_equals_two_convs_with_the_kernel_halves(fields, expected_pai
     np.testing.assert_allclose(outputs, two_convs, rtol=1e-5, atol=1e-5)
 
 
-def test_impulse_pair_and_symmetric_pair_keep_the_input_intact():
+def _identity_f1_f2(variables: dict, f1: float, f2: float) -> dict:
+    """The block's variables with f1 = f1·identity and f2 = f2·identity (1×1 kernels, no bias)."""
+    params = {
+        "fused_conv": {"kernel": jnp.array([f1, f2]).reshape(1, 1, 2, 1), "bias": 0.0 * jnp.ones(1)}
+    }
+    return {**variables, "params": params}
+
+
+@pytest.mark.parametrize(
+    "fields", [{}, {"combine": "impulse", "distribution": "bernoulli", "noise_scale": 0.5}]
+)
+def test_the_perturbed_pair_keeps_all_of_the_input_and_each_half_is_perturbed(fields):
+    """With f1 = f2 = identity the pair sums back to the input (2I for I ± N, I for I·B and
+    I·(1−B)) whatever the map; with f2 = 0 one perturbed copy alone differs from the input."""
     inputs = jax.random.uniform(jax.random.key(5), (1, 8, 8, 1), minval=-1, maxval=1)
-    for fields in ({"combine": "impulse", "distribution": "bernoulli"}, {}):
-        block = NoiseIncentiveBlock(features=2, **fields)
-        _, noise_map = _apply_with_noise_map(block, _init(block, inputs), inputs)
-        if fields:
-            np.testing.assert_allclose(inputs * noise_map + inputs * (1 - noise_map), inputs)
-            assert set(np.unique(noise_map)) == {0.0, 1.0}
-        else:
-            np.testing.assert_allclose(
-                ((inputs + noise_map) + (inputs - noise_map)) / 2, inputs, atol=1e-6
-            )
+    block = NoiseIncentiveBlock(features=1, kernel_size=1, **fields)
+    variables = _init(block, inputs)
+    whole = block.apply(_identity_f1_f2(variables, 1.0, 1.0), inputs)
+    expected_sum = inputs if fields else 2 * inputs
+    np.testing.assert_allclose(whole, expected_sum, atol=1e-6)
+    first_half = block.apply(_identity_f1_f2(variables, 1.0, 0.0), inputs)
+    assert (
+        float(jnp.mean(jnp.abs(first_half - (expected_sum / 2 if not fields else inputs)))) > 0.05
+    )
+    _, noise_map = _apply_with_noise_map(block, variables, inputs)
+    if fields:
+        assert set(np.unique(noise_map)) == {0.0, 1.0}
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.dtype("bfloat16")])  # type or dtype object

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 
@@ -12,7 +14,7 @@ import pytest
 
 from noise_research.train.loop import LoopConfig, average_metrics, train
 from noise_research.train.metric_writer import read_metrics
-from tests.toy_task import ToyTask
+from tests.toy_task import EVAL_EXAMPLES, FEATURES, ToyTask, TwoPlayerTask
 
 
 def _config(**overrides) -> LoopConfig:
@@ -86,28 +88,125 @@ def test_sigterm_saves_and_stops_then_resume_matches(tmp_path):
     chex.assert_trees_all_equal(resumed.state.params, uninterrupted.state.params)
 
 
-def test_parallel_backends_match_one_device(tmp_path):
-    """jit over 8 devices, pmap over 8 devices and one device give the same run (BatchNorm too)."""
+def _run_on_layouts(tmp_path, task_factory, **overrides):
+    """The same run on one device, jit over 8 devices and pmap over 8 devices."""
     assert jax.device_count() >= 8, "tests/conftest.py sets 8 fake CPU devices"
-    results = {
-        name: train(ToyTask(), _config(parallel=parallel), str(tmp_path / name), devices=devices)
+    return {
+        name: train(
+            task_factory(),
+            _config(parallel=parallel, **overrides),
+            str(tmp_path / name),
+            devices=devices,
+        )
         for name, parallel, devices in [
             ("single", "jit", _cpu(1)),
             ("jit8", "jit", _cpu(8)),
             ("pmap8", "pmap", _cpu(8)),
         ]
     }
-    reference = results["single"]
+
+
+def _assert_same_run(result, reference):
+    chex.assert_trees_all_close(result.state.params, reference.state.params, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(
+        result.state.model_state, reference.state.model_state, rtol=1e-5, atol=1e-6
+    )
+    for key, value in reference.train_metrics.items():
+        if key != "steps_per_second":
+            np.testing.assert_allclose(result.train_metrics[key], value, rtol=1e-5)
+
+
+def test_dynamic_noise_and_batch_mixing_give_one_run_on_any_layout(tmp_path):
+    """Per-example noise keyed by global position, a roll over the global batch and BatchNorm:
+    jit over 8 devices, pmap over 8 devices and one device train the same model."""
+    task = lambda: ToyTask(dynamic_noise=0.3, mix_batch=True)
+    results = _run_on_layouts(tmp_path, task)
     for name in ("jit8", "pmap8"):
-        chex.assert_trees_all_close(
-            results[name].state.params, reference.state.params, rtol=1e-5, atol=1e-6
-        )
-        chex.assert_trees_all_close(
-            results[name].state.model_state, reference.state.model_state, rtol=1e-5, atol=1e-6
-        )
-        for key, value in reference.train_metrics.items():
-            if key != "steps_per_second":
-                np.testing.assert_allclose(results[name].train_metrics[key], value, rtol=1e-5)
+        _assert_same_run(results[name], results["single"])
+    # The noise and the mixing matter: without them the run differs.
+    plain = train(ToyTask(), _config(), str(tmp_path / "plain"), devices=_cpu(1))
+    assert not np.allclose(plain.train_metrics["loss"], results["single"].train_metrics["loss"])
+
+
+@pytest.mark.parametrize(("first", "then"), [("jit", "pmap"), ("pmap", "jit")])
+def test_resume_under_the_other_backend_continues_the_same_run(tmp_path, first, then):
+    task = lambda: ToyTask(dynamic_noise=0.3, mix_batch=True)
+    uninterrupted = train(task(), _config(), str(tmp_path / "a"), devices=_cpu(8))
+    train(task(), _config(num_steps=3, parallel=first), str(tmp_path / "b"), devices=_cpu(8))
+    resumed = train(task(), _config(parallel=then), str(tmp_path / "b"), devices=_cpu(4))
+    assert resumed.resumed_from == 3
+    _assert_same_run(resumed, uninterrupted)
+
+
+def test_step_kinds_compile_once_and_resume_mid_cycle_is_bit_exact(tmp_path):
+    """Three step kinds (critic, critic with a lazy regularizer every 4 steps, generator) and two
+    optimizers; a run stopped at step 5, in the middle of a regularizer cycle, resumes exactly."""
+    config = _config(num_steps=12, log_every=4, eval_every=100, checkpoint_every=4)
+    task = TwoPlayerTask()
+    uninterrupted = train(task, config, str(tmp_path / "a"), devices=_cpu(2))
+    assert task.traces == {"critic_regularized": 1, "critic": 1, "generator": 1}
+    first_leg = train(
+        TwoPlayerTask(),
+        dataclasses.replace(config, num_steps=5),
+        str(tmp_path / "b"),
+        devices=_cpu(2),
+    )
+    assert first_leg.step == 5
+    resumed = train(TwoPlayerTask(), config, str(tmp_path / "b"), devices=_cpu(2))
+    assert resumed.resumed_from == 5
+    chex.assert_trees_all_equal(resumed.state, uninterrupted.state)
+    # Each log window of 4 steps holds one regularized critic step: its penalty is averaged over
+    # the steps that returned it, the critic loss over the two critic steps.
+    records = read_metrics(str(tmp_path / "a"), split="train")
+    assert [r["step"] for r in records] == [4, 8, 12]
+    assert all({"critic_loss", "generator_loss", "regularizer_penalty"} <= set(r) for r in records)
+    kinds = {0: "critic_regularized", 1: "generator", 2: "critic", 3: "generator"}
+    assert [task.step_kind(s) for s in range(4)] == list(kinds.values())
+
+
+def test_a_step_kind_the_task_does_not_have_is_named(tmp_path):
+    task = TwoPlayerTask()
+    task.step_kind = lambda step: "discriminator"
+    with pytest.raises(ValueError, match=r"step_kind\(0\) = 'discriminator'.*critic, "):
+        train(task, _config(), str(tmp_path), devices=_cpu(1))
+
+
+@pytest.mark.parametrize(("parallel", "num_devices"), [("jit", 1), ("jit", 8), ("pmap", 8)])
+def test_evaluator_equals_the_statistic_of_the_whole_eval_set(tmp_path, parallel, num_devices):
+    """Mean and covariance accumulated over three padded batches on device, finalized on the
+    host, equal the same statistic of the 20 eval examples computed at once."""
+    task = TwoPlayerTask()
+    result = train(
+        task, _config(num_steps=8, parallel=parallel), str(tmp_path), devices=_cpu(num_devices)
+    )
+    moments = result.evaluations["feature_moments"]
+    evaluator = task.evaluators()["feature_moments"]
+    examples = np.concatenate([evaluator.source(0, 1).batch(i)["x"] for i in range(3)])[
+        :EVAL_EXAMPLES
+    ]
+    features = np.asarray(task.features(result.state, examples))
+    assert moments["count"] == EVAL_EXAMPLES
+    np.testing.assert_allclose(
+        [moments[f"mean_{i}"] for i in range(FEATURES)], features.mean(axis=0), rtol=1e-5, atol=1e-6
+    )
+    covariance = np.cov(features, rowvar=False)
+    np.testing.assert_allclose(
+        [[moments[f"cov_{i}_{j}"] for j in range(3)] for i in range(3)],
+        covariance[:3, :3],
+        rtol=1e-4,
+        atol=1e-6,
+    )
+    # Its own cadence (every 4 steps) and once at the end, each under its own name.
+    steps = [r["step"] for r in read_metrics(str(tmp_path), split="feature_moments")]
+    assert steps == [4, 8]
+
+
+def test_checkpoints_carry_the_experiment_config(tmp_path):
+    task = ToyTask()
+    task.config = {"task": "toy", "model": {"widths": (16, 1)}}
+    train(task, _config(num_steps=2), str(tmp_path), devices=_cpu(1))
+    meta = json.loads((tmp_path / "checkpoints" / "2" / "meta" / "metadata").read_text())
+    assert meta["config"] == {"task": "toy", "model": {"widths": [16, 1]}}
 
 
 def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
@@ -142,3 +241,8 @@ def test_eval_batches_are_weighted_by_their_real_examples():
     batches = [{"accuracy": 1.0, "weight": 8.0}, {"accuracy": 0.0, "weight": 2.0}]
     assert average_metrics(batches) == {"accuracy": 0.8, "weight": 10.0}
     assert average_metrics([{"loss": 1.0}, {"loss": 3.0}]) == {"loss": 2.0}
+
+
+def test_a_metric_only_some_steps_return_is_averaged_over_those_steps():
+    history = [{"loss": 1.0, "r1": 10.0}, {"loss": 3.0}, {"loss": 5.0, "r1": 20.0}, {"g": 7.0}]
+    assert average_metrics(history) == {"loss": 3.0, "r1": 15.0, "g": 7.0}

@@ -3,8 +3,8 @@
 Its plain twin (same budget and seed) is ``configs/halftone/plain_resnet.py:demo``.
 """
 
-from configs.halftone.common import halftone_config
+from noise_research.tasks import halftone
 
 
 def get_config():
-    return halftone_config(model="resnet", first_layer="nib", demo=True)
+    return halftone.experiment_config(model="resnet", first_layer="nib", demo=True)

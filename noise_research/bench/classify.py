@@ -42,16 +42,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _task(depth: int, variant: str, batch: int, size: int, dtype: str, where: str | None):
-    from configs.classify.common import classify_config
     from noise_research.tasks import classify
 
-    config = classify_config(
+    config = classify.experiment_config(
         dataset="imagenet2012",  # never opened: the batches are synthetic
         depth=depth,
         stem="imagenet",
         num_classes=1000,
         image_size=size,
-        quantizer=variant,
+        variant=variant,
+        num_steps=100_000,
+        stability_steps=100_000,
     ).to_dict()
     config["data"]["batch_size"] = batch
     config["model"]["dtype"] = dtype
@@ -66,6 +67,7 @@ def _synthetic_batch(batch: int, size: int, num_classes: int) -> dict[str, np.nd
         "image": rng.random((batch, size, size, 3), dtype=np.float32),
         "label": rng.integers(0, num_classes, batch).astype(np.int32),
         "mask": np.ones(batch, bool),
+        "position": np.arange(batch, dtype=np.int32),
     }
 
 

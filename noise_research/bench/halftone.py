@@ -41,10 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _task(model: str, first_layer: str, batch: int, size: int, width: int, dtype: str):
-    from configs.halftone.common import halftone_config
     from noise_research.tasks import halftone
 
-    config = halftone_config(model=model, first_layer=first_layer).to_dict()
+    config = halftone.experiment_config(model=model, first_layer=first_layer).to_dict()
     config["data"].update(crop_size=size, batch_size=batch // 2, constant_batch_size=batch // 2)
     config["model"].update(width=width, dtype=dtype)
     return halftone.build(config)

@@ -13,6 +13,8 @@ from typing import Any
 
 import jax
 
+from noise_research.train.parallel import SINGLE_DEVICE
+
 
 def median_seconds(fn: Callable[[], Any], *, warmup: int, repeats: int) -> float:
     """Median wall time of ``fn()`` (which must block until its result is ready)."""
@@ -34,7 +36,7 @@ def train_images_per_second(
     on one fixed batch that puts ``images_per_step`` images through the network."""
     device_batch = jax.device_put(host_batch)
     state = jax.jit(task.init)(jax.random.PRNGKey(0), host_batch)
-    step = jax.jit(functools.partial(task.train_step, axis_name=None), donate_argnums=(0,))
+    step = jax.jit(functools.partial(task.train_step, parallel=SINGLE_DEVICE), donate_argnums=(0,))
     holder = {"state": state}
 
     def one_step() -> None:

@@ -282,31 +282,36 @@ class ComicBatches:
         self.seed = check_seed(seed)
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
-        """This process's comic images for `step`, {"image": (b, H, W, 1)} float32 in [−1, 1]."""
-        images = [
-            comic_image(self.seed, position, self.size)
-            for position in self.process_slice.global_positions(step)
-        ]
-        return {"image": np.stack(images)}
+        """This process's comic images for `step`: {"image": (b, H, W, 1)} float32 in [−1, 1] and
+        "position": (b,) int32, their global positions."""
+        positions = self.process_slice.global_positions(step)
+        images = [comic_image(self.seed, position, self.size) for position in positions]
+        return {"image": np.stack(images), "position": np.asarray(positions, np.int32)}
 
 
 def constant_gray_batch(
-    seed: int, step: int, n: int, size: tuple[int, int], process_index: int = 0
+    seed: int,
+    step: int,
+    global_batch_size: int,
+    size: tuple[int, int],
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> np.ndarray:
-    """`n` constant images (n, H, W, 1), each one level drawn uniformly in [−1, 1].
+    """This process's share of `global_batch_size` constant images (b, H, W, 1), each one level
+    drawn uniformly in [−1, 1].
 
     The halftoning blue-noise loss is computed only on constant-gray images (DESIGN.md, "NIB /
-    halftoning"). Deterministic in (seed, step, process_index), so a resumed run sees the same
-    levels.
+    halftoning"). The step's levels are drawn from (seed, step) for the whole global batch and
+    split between processes as every batch is (`ProcessSlice`), so the global batch is the same
+    for any number of processes, and a resumed run sees the same levels.
     """
     seed = check_seed(seed)
     step = check_integer(step, "step")
-    process_index = check_integer(process_index, "process_index")
-    n = check_integer(n, "n", 1)
+    rows = ProcessSlice(global_batch_size, process_index, process_count).global_positions(0)
     height, width = check_image_size(size)
-    rng = np.random.default_rng([seed, step, process_index])
-    levels = rng.uniform(-1.0, 1.0, size=n).astype(np.float32)
-    return np.broadcast_to(levels[:, None, None, None], (n, height, width, 1)).copy()
+    levels = np.random.default_rng([seed, step]).uniform(-1.0, 1.0, size=global_batch_size)
+    levels = levels.astype(np.float32)[rows.start : rows.stop]
+    return np.broadcast_to(levels[:, None, None, None], (len(levels), height, width, 1)).copy()
 
 
 def gray_ramp(size: tuple[int, int]) -> np.ndarray:

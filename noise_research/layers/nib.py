@@ -11,8 +11,13 @@ PRNG policy (DESIGN.md, "Rules that hold everywhere"):
   collection 'noise_keys' under 'stationary_noise_key', created at init from the 'params' rng. The
   map is generated for the input's (H, W, C) and broadcast over the batch: the same for every
   input, call, device and after a checkpoint restore. It needs no 'noise' rng;
-- dynamic noise draws a full (B, H, W, C) map from the 'noise' rng stream on every call.
+- dynamic noise draws a fresh (H, W, C) map per sample and call from the 'noise' rng stream, the
+  map of row i from `fold_in(key, positions[i])` with each row's global position in the example
+  stream: an example's map does not depend on the device or backend that computes it. Without
+  positions, a row's index in the batch stands in for its position.
 """
+
+import dataclasses
 
 import chex
 import flax.linen as nn
@@ -20,11 +25,64 @@ import jax
 import jax.numpy as jnp
 from flax.typing import Dtype
 
-from noise_research.layers.noise_maps import sample_noise_map, validate_noise_distribution
+from noise_research import config_schema as cs
+from noise_research.layers.noise_maps import (
+    NOISE_DISTRIBUTIONS,
+    per_example,
+    sample_noise_map,
+    validate_noise_distribution,
+)
 from noise_research.registry import register_block
 
 NIB_COMBINES = ("symmetric", "impulse", "feature")
 """How the NIB perturbs its input: f1(I+N)+f2(I−N), f1(I·B)+f2(I·(1−B)) or f1(I)+f2(N)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NibConfig:
+    """A config's ``model.nib`` section: the `NoiseIncentiveBlock` fields an experiment sets."""
+
+    combine: str = cs.setting(
+        "symmetric",
+        cs.Rule(
+            lambda v, c: (
+                v in NIB_COMBINES
+                and (v != "impulse" or c.get("model.nib.distribution") == "bernoulli")
+            ),
+            "one of 'symmetric', 'impulse', 'feature' ('impulse' needs "
+            "model.nib.distribution='bernoulli')",
+        ),
+        "f1(I+N) + f2(I−N) ('symmetric'), f1(I·B) + f2(I·(1−B)) ('impulse'), f1(I) + f2(N)",
+    )
+    distribution: str = cs.setting(
+        "normal",
+        cs.one_of(*NOISE_DISTRIBUTIONS),
+        "the noise map: 'normal', 'uniform', 'bernoulli', or the 'grid' control",
+    )
+    noise_scale: float = cs.setting(
+        0.3,
+        cs.Rule(
+            lambda v, c: (
+                cs.number(minimum=0).check(v, c)
+                and (c.get("model.nib.distribution") != "bernoulli" or v <= 1)
+            ),
+            "a number >= 0 (a probability in [0, 1] for the 'bernoulli' distribution)",
+        ),
+        "std (normal), half-width (uniform), P(1) (bernoulli), line amplitude (grid)",
+    )
+    stationary: bool = cs.setting(
+        True,
+        cs.Rule(
+            lambda v, c: isinstance(v, bool) and (v or c.get("model.nib.distribution") != "grid"),
+            "True or False (the 'grid' control is a fixed pattern: True)",
+        ),
+        "one fixed map (the paper's S-) or a fresh map per example and step (D-)",
+    )
+    kernel_size: int = cs.setting(
+        3,
+        cs.Rule(lambda v, _: isinstance(v, int) and v >= 1 and v % 2 == 1, "an odd integer >= 1"),
+        "spatial size of f1 and f2",
+    )
 
 
 class NoiseIncentiveBlock(nn.Module):
@@ -81,7 +139,9 @@ class NoiseIncentiveBlock(nn.Module):
             )
         super().__post_init__()
 
-    def _noise_map(self, batch_shape: tuple[int, int, int, int]) -> jax.Array:
+    def _noise_map(
+        self, batch_shape: tuple[int, int, int, int], positions: jax.Array | None
+    ) -> jax.Array:
         """The (B, H, W, C) float32 noise map for an input of `batch_shape`, per the PRNG policy."""
         image_shape = batch_shape[1:]
         if self.distribution == "grid":
@@ -105,18 +165,28 @@ class NoiseIncentiveBlock(nn.Module):
                 "NoiseIncentiveBlock(stationary=False) draws a fresh noise map on every call from "
                 "the 'noise' rng stream: pass rngs={'noise': key} to apply."
             )
-        return sample_noise_map(
-            self.make_rng("noise"), batch_shape, self.distribution, self.noise_scale
+        if positions is None:
+            positions = jnp.arange(batch_shape[0])
+        return per_example(
+            self.make_rng("noise"),
+            positions,
+            lambda key: sample_noise_map(key, image_shape, self.distribution, self.noise_scale),
         )
 
     @nn.compact
-    def __call__(self, inputs: jax.Array) -> jax.Array:
+    def __call__(self, inputs: jax.Array, positions: jax.Array | None = None) -> jax.Array:
         """Maps (B, H, W, C) inputs to (B, H, W, features); sows the noise map as
-        'intermediates'/'noise_map' (read it with `mutable=['intermediates']`)."""
+        'intermediates'/'noise_map' (read it with `mutable=['intermediates']`).
+
+        `positions`: (B,) global positions of the rows, for dynamic noise (see the module
+        docstring); stationary and grid maps ignore them.
+        """
         chex.assert_rank(inputs, 4)
+        if positions is not None:
+            chex.assert_shape(positions, (inputs.shape[0],))
         compute_dtype = inputs.dtype if self.dtype is None else self.dtype
         images = inputs.astype(compute_dtype)
-        noise_map = self._noise_map(inputs.shape).astype(compute_dtype)
+        noise_map = self._noise_map(inputs.shape, positions).astype(compute_dtype)
         self.sow("intermediates", "noise_map", noise_map)
         if self.combine == "symmetric":
             perturbed_pair = (images + noise_map, images - noise_map)

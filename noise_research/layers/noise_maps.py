@@ -6,7 +6,7 @@ impulse map of Bernoulli draws, and a "regular grid with alternative black and w
 control that breaks the non-periodicity condition (ii) of section 3.1.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -75,3 +75,20 @@ def sample_noise_map(
     if distribution == "uniform":
         return jax.random.uniform(key, shape, jnp.float32, -scale, scale).astype(dtype)
     return jax.random.bernoulli(key, scale, shape).astype(dtype)
+
+
+def example_keys(key: jax.Array, positions: jax.Array) -> jax.Array:
+    """One key per example, ``fold_in(key, position)``, for (B,) global positions.
+
+    An example's draw is then a function of (key, its position in the global example stream): the
+    same whichever device, process or backend computes it and wherever it sits in the local batch
+    (DESIGN.md, "Rules that hold everywhere"). Positions are folded in as 32-bit numbers.
+    """
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, positions)
+
+
+def per_example(
+    key: jax.Array, positions: jax.Array, sample: Callable[[jax.Array], jax.Array]
+) -> jax.Array:
+    """Stacks ``sample(example_key)`` over the examples: a (B, ...) draw, row i from position i."""
+    return jax.vmap(sample)(example_keys(key, positions))

@@ -55,16 +55,24 @@ def _first_layer_kernel_size(first_layer: str, nib: Mapping[str, Any] | None) ->
 
 
 def _first_layer(
-    width: int, first_layer: str, nib: Mapping[str, Any] | None, dtype: Dtype | None
-) -> nn.Module:
-    """The model's first layer (call inside a compact method): a 3×3 conv or a NIB."""
+    width: int,
+    first_layer: str,
+    nib: Mapping[str, Any] | None,
+    dtype: Dtype | None,
+    images: jax.Array,
+    positions: jax.Array | None,
+) -> jax.Array:
+    """The model's first layer applied to `images` (call inside a compact method): a 3×3 conv or a
+    NIB, which takes the rows' global positions for its dynamic noise."""
     if first_layer == "nib":
-        return NoiseIncentiveBlock(
+        block = NoiseIncentiveBlock(
             features=width, dtype=dtype, param_dtype=jnp.float32, name="nib", **(nib or {})
         )
-    return nn.Conv(
+        return block(images, positions)
+    conv = nn.Conv(
         width, (3, 3), padding="SAME", dtype=dtype, param_dtype=jnp.float32, name="first_conv"
     )
+    return conv(images)
 
 
 def _check_halftone_input(images: jax.Array) -> None:
@@ -107,13 +115,16 @@ class HalftoneResNet(nn.Module):
         return _first_layer_kernel_size(self.first_layer, self.nib) + 4 * self.num_blocks + 2
 
     @nn.compact
-    def __call__(self, images: jax.Array) -> jax.Array:
-        """Maps (B, H, W, 1) images in [−1, 1] to the continuous (B, H, W, 1) float32 map y."""
+    def __call__(self, images: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+        """Maps (B, H, W, 1) images in [−1, 1] to the continuous (B, H, W, 1) float32 map y;
+        `positions`: the rows' global positions, for a dynamic-noise NIB (see its docstring)."""
         _check_halftone_input(images)
         conv = functools.partial(
             nn.Conv, kernel_size=(3, 3), padding="SAME", dtype=self.dtype, param_dtype=jnp.float32
         )
-        hidden = nn.relu(_first_layer(self.width, self.first_layer, self.nib, self.dtype)(images))
+        hidden = nn.relu(
+            _first_layer(self.width, self.first_layer, self.nib, self.dtype, images, positions)
+        )
         for block in range(self.num_blocks):
             residual = nn.relu(conv(self.width, name=f"block{block}_conv1")(hidden))
             residual = conv(self.width, name=f"block{block}_conv2")(residual)
@@ -205,8 +216,9 @@ class HalftoneUNet(nn.Module):
         return self.receptive_field_range[1]
 
     @nn.compact
-    def __call__(self, images: jax.Array) -> jax.Array:
-        """Maps (B, H, W, 1) images in [−1, 1] to the continuous (B, H, W, 1) float32 map y."""
+    def __call__(self, images: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+        """Maps (B, H, W, 1) images in [−1, 1] to the continuous (B, H, W, 1) float32 map y;
+        `positions`: the rows' global positions, for a dynamic-noise NIB (see its docstring)."""
         _check_halftone_input(images)
         factor = 2**self.levels
         if images.shape[1] % factor or images.shape[2] % factor:
@@ -217,7 +229,9 @@ class HalftoneUNet(nn.Module):
         conv = functools.partial(
             nn.Conv, kernel_size=(3, 3), padding="SAME", dtype=self.dtype, param_dtype=jnp.float32
         )
-        hidden = nn.relu(_first_layer(self.width, self.first_layer, self.nib, self.dtype)(images))
+        hidden = nn.relu(
+            _first_layer(self.width, self.first_layer, self.nib, self.dtype, images, positions)
+        )
         skips = []
         for level in range(self.levels):
             features = self.width * 2**level

@@ -19,6 +19,7 @@ run's checkpoint (``finetune.init_workdir``), train only the classifier (``finet
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -33,7 +34,9 @@ import optax
 
 from noise_research import config_schema as cs
 from noise_research.data.base import BatchSource
+from noise_research.data.classification import unit_rgb
 from noise_research.data.distortions import gradient_saliency, save_distortion_gallery
+from noise_research.layers.noise_maps import per_example
 from noise_research.layers.quantization import (
     GROUPED_QUANTIZATIONS,
     QUANTIZATIONS,
@@ -47,10 +50,12 @@ from noise_research.metrics.robustness import (
     write_robustness_report,
 )
 from noise_research.models.resnet import ResNet
-from noise_research.train.loop import WEIGHT_KEY, LoopConfig, loop_config_rules, restore_state
-from noise_research.train.parallel import cross_replica_mean, cross_replica_sum
+from noise_research.tasks.base import Task
+from noise_research.train.loop import WEIGHT_KEY, LoopConfig, restore_state
+from noise_research.train.optim import OptimizerConfig, make_optimizer
+from noise_research.train.parallel import ParallelContext, cross_replica_sum
 from noise_research.train.rng import step_rngs
-from noise_research.train.state import TrainState
+from noise_research.train.state import TrainState, apply_mean_gradients, init_train_state
 from noise_research.viz import save_image_grid
 
 if TYPE_CHECKING:
@@ -62,39 +67,57 @@ QUANTIZER_KINDS = (*QUANTIZATIONS, "dorefa")
 QUANTIZER_PLACES = ("all", "3x3")
 DEPTHS = (10, 18, 34, 50, 101)
 STEMS = ("imagenet", "small")
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "step", "constant")
 DTYPES = ("float32", "bfloat16")
 MODES = ("train", "robustness")
 TRAINABLE = ("all", "classifier")
+VARIANTS = (*QUANTIZER_KINDS, "stability")
 CLASSIFIER = "classifier"  # the ResNet's final dense layer (its params subtree)
 # Collections a forward pass may create that are not state: recomputed on every call.
 TRANSIENT_COLLECTIONS = ("penalties", "intermediates")
 
 
-def config_rules() -> dict[str, cs.Rule]:
-    """Every key a classification config may hold, and what each allows."""
-    return {
-        "task": cs.one_of("classify"),
-        "mode": cs.one_of(*MODES),
-        **loop_config_rules(),
-        "data.name": cs.text(),
-        "data.train_split": cs.text(),
-        "data.eval_split": cs.text(),
-        "data.data_dir": cs.optional(cs.text()),
-        "data.image_size": cs.integer(minimum=8),
-        "data.batch_size": cs.batch_size(),
-        "data.eval_batch_size": cs.batch_size(),
-        "data.num_eval_batches": cs.integer(minimum=0),
-        "data.seed": cs.integer(minimum=0),
-        "model.depth": cs.one_of(*DEPTHS),
-        "model.stem": cs.one_of(*STEMS),
-        "model.width": cs.integer(minimum=1),
-        "model.num_classes": cs.integer(minimum=2),
-        "model.dtype": cs.one_of(*DTYPES),
-        "model.quantizer.kind": cs.one_of(*QUANTIZER_KINDS),
-        "model.quantizer.where": cs.one_of(*QUANTIZER_PLACES),
-        "model.quantizer.groups": cs.Rule(
+@dataclasses.dataclass(frozen=True)
+class ClassifyData:
+    """The ``data`` section."""
+
+    name: str = cs.setting(
+        "digits", cs.text(), "'digits' (scikit-learn, embedded) or a TFDS classification dataset"
+    )
+    train_split: str = cs.setting("train", cs.text(), "the TFDS training split")
+    eval_split: str = cs.setting("test", cs.text(), "the TFDS evaluation split")
+    data_dir: str | None = cs.setting(
+        None, cs.optional(cs.text()), "TFDS data_dir; None: TFDS's default", placeholder=str
+    )
+    image_size: int = cs.setting(224, cs.integer(minimum=8), "side of the RGB inputs")
+    batch_size: int = cs.setting(256, cs.batch_size(), "global training batch")
+    eval_batch_size: int = cs.setting(256, cs.batch_size(), "global evaluation batch")
+    num_eval_batches: int = cs.setting(
+        0, cs.integer(minimum=0), "evaluation batches; 0: the whole eval split"
+    )
+    seed: int = cs.setting(0, cs.integer(minimum=0), "seed of the order and augmentation")
+    input_workers: int | None = cs.setting(
+        None,
+        cs.optional(cs.integer(minimum=0)),
+        "processes building TFDS batches; None: one per CPU core; 0: a thread of this process",
+        placeholder=int,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizerConfig:
+    """The ``model.quantizer`` section (feature-quantization paper, section 3)."""
+
+    kind: str = cs.setting(
+        "none", cs.one_of(*QUANTIZER_KINDS), "none | sf | pow | hpow | sf_pow | dorefa"
+    )
+    where: str = cs.setting(
+        "all",
+        cs.one_of(*QUANTIZER_PLACES),
+        "before every conv ('all') or only the 3×3 convs ('3x3', the paper's ResNet-50)",
+    )
+    groups: int = cs.setting(
+        1,
+        cs.Rule(
             lambda v, c: (
                 v == 1
                 or (
@@ -106,60 +129,168 @@ def config_rules() -> dict[str, cs.Rule]:
             "1, or with model.quantizer.kind in 'pow', 'hpow', 'sf_pow' an integer that divides "
             "model.width (every conv's output channels are a multiple of it)",
         ),
-        "model.quantizer.floor_scale": cs.positive_number(),
-        "model.quantizer.learnable_floor_scale": cs.boolean(),
-        "model.quantizer.hyper_hidden_features": cs.integer(minimum=1),
-        "model.quantizer.activation_bits": cs.integer(minimum=1, maximum=16),
-        "loss.label_smoothing": cs.fraction_below_one(),
-        "loss.alpha_l1": cs.number(minimum=0.0),
-        "loss.alpha_l2": cs.number(minimum=0.0),
-        "optimizer.name": cs.one_of(*OPTIMIZERS),
-        "optimizer.learning_rate": cs.positive_number(),
-        "optimizer.momentum": cs.fraction_below_one(),
-        "optimizer.weight_decay": cs.number(minimum=0.0),
-        "optimizer.schedule": cs.one_of(*SCHEDULES),
-        "optimizer.warmup_steps": cs.Rule(
-            lambda v, c: cs.integer(minimum=0).check(v, c) and v < c.get("train.num_steps"),
-            lambda c: f"an integer >= 0 and below train.num_steps ({c.get('train.num_steps')})",
-        ),
-        "optimizer.step_boundaries": cs.Rule(
-            _valid_step_boundaries,
-            lambda c: (
-                "an increasing tuple of fractions of train.num_steps in (0, 1), with "
-                "optimizer.schedule = 'step' each after the warm-up "
-                f"(> optimizer.warmup_steps / train.num_steps = "
-                f"{c.get('optimizer.warmup_steps') / c.get('train.num_steps'):.3g})"
-            ),
-        ),
-        "optimizer.step_factor": cs.Rule(
-            lambda v, c: cs.positive_number().check(v, c) and v <= 1, "a number in (0, 1]"
-        ),
-        "finetune.init_workdir": cs.optional(cs.text()),
-        "finetune.trainable": cs.Rule(
+        "Λ, output-channel groups sharing exponents",
+    )
+    floor_scale: float = cs.setting(100.0, cs.positive_number(), "β of SF-β")
+    learnable_floor_scale: bool = cs.setting(False, cs.boolean(), "whether β is learned")
+    hyper_hidden_features: int = cs.setting(
+        16, cs.integer(minimum=1), "hidden units of HPOW's hyper-network"
+    )
+    activation_bits: int = cs.setting(
+        4, cs.integer(minimum=1, maximum=16), "DoReFa's activation bits"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifyModel:
+    """The ``model`` section: a ResNet whose convolutions may quantize their inputs."""
+
+    depth: int = cs.setting(50, cs.one_of(*DEPTHS), "ResNet depth")
+    stem: str = cs.setting(
+        "imagenet", cs.one_of(*STEMS), "'imagenet' (7×7/2 + max-pool) or 'small' (3×3/1)"
+    )
+    width: int = cs.setting(64, cs.integer(minimum=1), "channels of the first stage")
+    num_classes: int = cs.setting(1000, cs.integer(minimum=2), "classes (checked on the data)")
+    dtype: str = cs.setting("float32", cs.one_of(*DTYPES), "compute dtype (params stay float32)")
+    quantizer: QuantizerConfig = cs.subsection(QuantizerConfig, "what each conv does to its input")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifyLoss:
+    """The ``loss`` section."""
+
+    label_smoothing: float = cs.setting(0.1, cs.fraction_below_one(), "label smoothing")
+    alpha_l1: float = cs.setting(0.0, cs.number(minimum=0.0), "ℓ1 penalty on the exponents α")
+    alpha_l2: float = cs.setting(1e-4, cs.number(minimum=0.0), "ℓ2 penalty on the exponents α")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """The ``finetune`` section: starting from another run."""
+
+    init_workdir: str | None = cs.setting(
+        None,
+        cs.optional(cs.text()),
+        "a run whose latest checkpoint gives the initial params and BatchNorm statistics",
+        placeholder=str,
+    )
+    trainable: str = cs.setting(
+        "all",
+        cs.Rule(
             lambda v, c: (
                 v in TRAINABLE and (v == "all" or c.get("finetune.init_workdir") is not None)
             ),
             "'all', or 'classifier' together with finetune.init_workdir (the run to fine-tune)",
         ),
-        "stability.weight": cs.number(minimum=0.0),
-        "stability.noise_std": cs.positive_number(),
-        "robustness.model_name": cs.optional(cs.text()),
-        "robustness.saliency_workdir": cs.optional(cs.text()),
-        "robustness.seed": cs.integer(minimum=0),
+        "'all', or 'classifier': everything else stays frozen",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class StabilityConfig:
+    """The ``stability`` section: the stability-training baseline (module docstring)."""
+
+    weight: float = cs.setting(0.0, cs.number(minimum=0.0), "λ of the KL term; 0: off")
+    noise_std: float = cs.setting(0.04, cs.positive_number(), "σ of the noise on [0, 1] images")
+
+
+@dataclasses.dataclass(frozen=True)
+class RobustnessConfig:
+    """The ``robustness`` section: the distortion benchmark (``mode='robustness'``)."""
+
+    model_name: str | None = cs.setting(
+        None, cs.optional(cs.text()), "Table 2 row name; None: from the model", placeholder=str
+    )
+    saliency_workdir: str | None = cs.setting(
+        None,
+        cs.optional(cs.text()),
+        "a run whose model gives the targeted occlusion's saliency (the paper: a plain "
+        "ResNet-18); None: the evaluated model",
+        placeholder=str,
+    )
+    seed: int = cs.setting(0, cs.integer(minimum=0), "seed of the distortions")
+
+
+SECTIONS = {
+    "train": LoopConfig,
+    "data": ClassifyData,
+    "model": ClassifyModel,
+    "loss": ClassifyLoss,
+    "optimizer": OptimizerConfig,
+    "finetune": FinetuneConfig,
+    "stability": StabilityConfig,
+    "robustness": RobustnessConfig,
+}
+
+
+def config_rules() -> dict[str, cs.Rule]:
+    """Every key a classification config may hold, and what each allows."""
+    return cs.experiment_rules(SECTIONS, task=cs.one_of("classify"), mode=cs.one_of(*MODES))
+
+
+def variant_from_arg(arg: str | None) -> str:
+    """The config-file argument (``file.py:pow``): a quantizer or 'stability'; empty is 'none'."""
+    if arg in (None, ""):
+        return "none"
+    if arg not in VARIANTS:
+        raise ValueError(f"config argument {arg!r} is unknown; allowed: {', '.join(VARIANTS)}")
+    return arg
+
+
+def experiment_config(
+    *,
+    dataset: str,
+    depth: int,
+    stem: str,
+    num_classes: int,
+    image_size: int,
+    variant: str,
+    num_steps: int,
+    stability_steps: int,
+    learning_rate: float = 0.1,
+    warmup_steps: int = 500,
+) -> Any:
+    """A classification experiment's ``ml_collections`` config; the files in
+    ``configs/classify/`` pick the data set, the ResNet and the run length and adjust the rest.
+
+    No public code exists for the paper: the defaults here are ours. SGD with Nesterov momentum
+    0.9, lr 0.1 at batch 256 (scale it with the batch), linear warm-up and cosine decay, weight
+    decay 1e-4 on the kernels, label smoothing 0.1. Quantizer defaults follow the paper: SF with
+    β = 100 (SF-100), POW with one exponent set shared by all output channels (Λ = 1); ResNet-50
+    and deeper quantize only before the 3×3 convs.
+
+    ``variant`` (:data:`VARIANTS`) is a quantizer, or ``'stability'``: the paper's
+    stability-training baseline, a fine-tune of a trained plain run's classifier (given as
+    ``--config.finetune.init_workdir=RUN``) for ``stability_steps`` steps with the KL term
+    between clean and noised images (λ = 0.01, σ = 0.04 as in Zheng et al. 2016), at a tenth of
+    the learning rate and without warm-up.
+    """
+    stability = variant == "stability"
+    optimizer = OptimizerConfig(
+        name="sgd",
+        learning_rate=learning_rate / 10 if stability else learning_rate,
+        weight_decay=1e-4,
+        schedule="cosine",
+        warmup_steps=0 if stability else warmup_steps,
+    )
+    sections = {
+        "train": LoopConfig(num_steps=stability_steps if stability else num_steps),
+        "data": ClassifyData(name=dataset, image_size=image_size),
+        "model": ClassifyModel(
+            depth=depth,
+            stem=stem,
+            num_classes=num_classes,
+            quantizer=QuantizerConfig(
+                kind="none" if stability else variant, where="3x3" if depth >= 50 else "all"
+            ),
+        ),
+        "loss": ClassifyLoss(),
+        "optimizer": optimizer,
+        "finetune": FinetuneConfig(trainable="classifier" if stability else "all"),
+        "stability": StabilityConfig(weight=0.01 if stability else 0.0),
+        "robustness": RobustnessConfig(),
     }
-
-
-def _valid_step_boundaries(boundaries: Any, context: cs.Context) -> bool:
-    if not isinstance(boundaries, tuple | list) or not all(
-        cs.number().check(b, context) and 0 < b < 1 for b in boundaries
-    ):
-        return False
-    if list(boundaries) != sorted(set(boundaries)):
-        return False
-    if context.get("optimizer.schedule") != "step":
-        return True
-    warmup_fraction = context.get("optimizer.warmup_steps") / context.get("train.num_steps")
-    return all(b > warmup_fraction for b in boundaries)
+    return cs.config_dict(sections, task="classify", mode="train")
 
 
 def build(config: Mapping[str, Any]) -> ClassifyTask:
@@ -167,41 +298,47 @@ def build(config: Mapping[str, Any]) -> ClassifyTask:
     return ClassifyTask(config)
 
 
-def quantizing_conv(quantizer: Mapping[str, Any]) -> type[nn.Module] | functools.partial:
-    """The conv class that applies ``quantizer['kind']`` to its input (``nn.Conv`` for 'none')."""
-    kind = quantizer["kind"]
-    if kind == "none":
+def quantizing_conv(quantizer: QuantizerConfig) -> type[nn.Module] | functools.partial:
+    """The conv class that applies ``quantizer.kind`` to its input (``nn.Conv`` for 'none')."""
+    if quantizer.kind == "none":
         return nn.Conv
-    if kind == "dorefa":
-        return functools.partial(DoReFaConv, activation_bits=quantizer["activation_bits"])
+    if quantizer.kind == "dorefa":
+        return functools.partial(DoReFaConv, activation_bits=quantizer.activation_bits)
     return functools.partial(
         QuantizedConv,
-        quantization=kind,
-        groups=quantizer["groups"],
-        floor_scale=quantizer["floor_scale"],
-        learnable_floor_scale=quantizer["learnable_floor_scale"],
-        hyper_hidden_features=quantizer["hyper_hidden_features"],
+        quantization=quantizer.kind,
+        groups=quantizer.groups,
+        floor_scale=quantizer.floor_scale,
+        learnable_floor_scale=quantizer.learnable_floor_scale,
+        hyper_hidden_features=quantizer.hyper_hidden_features,
     )
 
 
-class ClassifyTask:
+class ClassifyTask(Task):
     """Train / eval steps of the classifier (see the module docstring)."""
 
     def __init__(self, config: Mapping[str, Any]):
         self.config = config
-        model = config["model"]
-        conv = quantizing_conv(model["quantizer"])
+        self.data = cs.read_section(ClassifyData, config["data"])
+        self.model_config = cs.read_section(ClassifyModel, config["model"])
+        self.loss_config = cs.read_section(ClassifyLoss, config["loss"])
+        self.finetune = cs.read_section(FinetuneConfig, config["finetune"])
+        self.stability = cs.read_section(StabilityConfig, config["stability"])
+        self.robustness = cs.read_section(RobustnessConfig, config["robustness"])
+        model = self.model_config
+        conv = quantizing_conv(model.quantizer)
         self.model = ResNet(
-            depth=model["depth"],
-            num_classes=model["num_classes"],
-            stem=model["stem"],
-            width=model["width"],
+            depth=model.depth,
+            num_classes=model.num_classes,
+            stem=model.stem,
+            width=model.width,
             conv3x3=conv,
-            conv1x1=conv if model["quantizer"]["where"] == "all" else nn.Conv,
-            dtype=jnp.dtype(model["dtype"]),
+            conv1x1=conv if model.quantizer.where == "all" else nn.Conv,
+            dtype=jnp.dtype(model.dtype),
         )
-        self.tx = make_optimizer(config["optimizer"], config["train"]["num_steps"])
-        if config["finetune"]["trainable"] == "classifier":
+        num_steps = cs.read_section(LoopConfig, config["train"]).num_steps
+        self.tx = make_optimizer(cs.read_section(OptimizerConfig, config["optimizer"]), num_steps)
+        if self.finetune.trainable == "classifier":
             self.tx = only_classifier(self.tx)
 
     # --- data -------------------------------------------------------------------------------
@@ -210,22 +347,23 @@ class ClassifyTask:
     ) -> DigitsBatches | TfdsClassificationBatches:
         from noise_research.data.classification import DigitsBatches, TfdsClassificationBatches
 
-        data = self.config["data"]
+        data = self.data
         common = dict(
-            global_batch_size=data["batch_size"] if train else data["eval_batch_size"],
-            image_size=data["image_size"],
+            global_batch_size=data.batch_size if train else data.eval_batch_size,
+            image_size=data.image_size,
             train=train,
-            seed=data["seed"],
+            seed=data.seed,
             process_index=process_index,
             process_count=process_count,
         )
-        if data["name"] == "digits":
+        if data.name == "digits":
             source = DigitsBatches(**common)
         else:
             source = TfdsClassificationBatches(
-                data["name"],
-                split=data["train_split"] if train else data["eval_split"],
-                data_dir=data["data_dir"],
+                data.name,
+                split=data.train_split if train else data.eval_split,
+                data_dir=data.data_dir,
+                num_workers=data.input_workers,
                 **common,
             )
         self._check_against_data(source)
@@ -233,18 +371,18 @@ class ClassifyTask:
 
     def _check_against_data(self, source: DigitsBatches | TfdsClassificationBatches) -> None:
         """The config values only the data set can check (before anything compiles)."""
-        num_classes = self.config["model"]["num_classes"]
+        num_classes = self.model_config.num_classes
         if source.num_classes is not None and num_classes != source.num_classes:
             raise cs.ConfigError(
                 f"config.model.num_classes = {num_classes!r}: not allowed; data set "
-                f"{self.config['data']['name']!r} has {source.num_classes} classes"
+                f"{self.data.name!r} has {source.num_classes} classes"
             )
-        requested = self.config["data"]["num_eval_batches"]
+        requested = self.data.num_eval_batches
         if not source.train and requested > source.num_batches:
             raise cs.ConfigError(
                 f"config.data.num_eval_batches = {requested!r}: not allowed; it must be 0 (all) "
                 f"or at most {source.num_batches}, the eval split's batches of "
-                f"{self.config['data']['eval_batch_size']}"
+                f"{self.data.eval_batch_size}"
             )
 
     def train_source(self, process_index: int, process_count: int) -> BatchSource:
@@ -261,34 +399,38 @@ class ClassifyTask:
 
     @functools.cached_property
     def num_eval_batches(self) -> int:
-        return self.config["data"]["num_eval_batches"] or self._eval_source.num_batches
+        return self.data.num_eval_batches or self._eval_source.num_batches
 
     # --- pure steps -------------------------------------------------------------------------
     def _normalise(self, images: jax.Array) -> jax.Array:
-        return (images - IMAGENET_MEAN) / IMAGENET_STD
+        """Images (uint8, or float in [0, 1]) standardised with the ImageNet channel statistics."""
+        return (unit_rgb(images) - IMAGENET_MEAN) / IMAGENET_STD
 
     def init(self, rng: jax.Array, example_batch: Mapping[str, Any]) -> TrainState:
-        params_key, noise_key, state_key = jax.random.split(rng, 3)
         example = jnp.zeros((1, *example_batch["image"].shape[1:]), jnp.float32)
-        variables = self.model.init(
-            {"params": params_key, "noise": noise_key}, example, train=False
+        return init_train_state(
+            self.model,
+            rng,
+            example,
+            self.tx,
+            transient_collections=TRANSIENT_COLLECTIONS,
+            train=False,
         )
-        variables = {k: v for k, v in variables.items() if k not in TRANSIENT_COLLECTIONS}
-        return TrainState.create(variables=variables, tx=self.tx, rng=state_key)
 
     def train_step(
-        self, state: TrainState, batch: Mapping[str, jax.Array], axis_name: str | None
+        self, state: TrainState, batch: Mapping[str, jax.Array], parallel: ParallelContext
     ) -> tuple[TrainState, dict[str, jax.Array]]:
-        model = self.model.clone(batch_norm_axis_name=axis_name)
-        stability = self.config["stability"]
-        rngs = step_rngs(state.rng, state.step, ("noise", "stability_noise"), axis_name)
+        model = self.model.clone(batch_norm_axis_name=parallel.axis_name)
+        stability = self.stability
+        rngs = step_rngs(state.rng, state.step, ("noise", "stability_noise"))
         stability_noise_key = rngs.pop("stability_noise")
         # A frozen backbone keeps its BatchNorm statistics: running averages, not batch ones.
-        backbone_trains = self.config["finetune"]["trainable"] == "all"
-        num_classes = self.config["model"]["num_classes"]
-        loss_config = self.config["loss"]
+        backbone_trains = self.finetune.trainable == "all"
+        loss_config = self.loss_config
+        images = unit_rgb(batch["image"])
         labels = optax.smooth_labels(
-            jax.nn.one_hot(batch["label"], num_classes), loss_config["label_smoothing"]
+            jax.nn.one_hot(batch["label"], self.model_config.num_classes),
+            loss_config.label_smoothing,
         )
 
         def forward(params: Any, images: jax.Array) -> tuple[jax.Array, Any]:
@@ -302,10 +444,10 @@ class ClassifyTask:
             return logits.astype(jnp.float32), updates
 
         def loss_fn(params: Any) -> tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]:
-            logits, updates = forward(params, batch["image"])
+            logits, updates = forward(params, images)
             cross_entropy = jnp.mean(optax.softmax_cross_entropy(logits, labels))
             penalty = exponent_penalty(
-                updates.get("penalties", {}), loss_config["alpha_l1"], loss_config["alpha_l2"]
+                updates.get("penalties", {}), loss_config.alpha_l1, loss_config.alpha_l2
             )
             step_metrics = {
                 "cross_entropy": cross_entropy,
@@ -313,30 +455,34 @@ class ClassifyTask:
                 "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
             }
             loss = cross_entropy + penalty
-            if stability["weight"] > 0:
-                noise = jax.random.normal(stability_noise_key, batch["image"].shape)
-                noisy_logits, _ = forward(params, batch["image"] + stability["noise_std"] * noise)
+            if stability.weight > 0:
+                image_shape = images.shape[1:]
+                noise = per_example(
+                    stability_noise_key,
+                    batch["position"],
+                    lambda key: jax.random.normal(key, image_shape),
+                )
+                noisy_logits, _ = forward(params, images + stability.noise_std * noise)
                 divergence = jnp.mean(stability_divergence(logits, noisy_logits))
                 step_metrics["stability_kl"] = divergence
-                loss = loss + stability["weight"] * divergence
+                loss = loss + stability.weight * divergence
             step_metrics["loss"] = loss
             batch_stats = updates.get("batch_stats", state.model_state.get("batch_stats"))
             return loss, (batch_stats, step_metrics)
 
         grads, (batch_stats, step_metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
-        grads = cross_replica_mean(grads, axis_name)
-        step_metrics = cross_replica_mean(step_metrics, axis_name)
         model_state = {**state.model_state, "batch_stats": batch_stats}
-        return state.apply_gradients(grads, model_state=model_state), step_metrics
+        return apply_mean_gradients(state, grads, step_metrics, parallel, model_state=model_state)
 
     def logits(self, state: TrainState, images: jax.Array) -> jax.Array:
-        """Evaluation-mode logits (running BatchNorm statistics) of images in [0, 1]."""
+        """Evaluation-mode logits (running BatchNorm statistics) of uint8 images or float images
+        in [0, 1]."""
         return self.model.apply(state.variables, self._normalise(images), train=False).astype(
             jnp.float32
         )
 
     def eval_step(
-        self, state: TrainState, batch: Mapping[str, jax.Array], axis_name: str | None
+        self, state: TrainState, batch: Mapping[str, jax.Array], parallel: ParallelContext
     ) -> dict[str, jax.Array]:
         logits = self.logits(state, batch["image"])
         labels = batch["label"]
@@ -351,7 +497,7 @@ class ClassifyTask:
             ),
             WEIGHT_KEY: jnp.sum(mask),
         }
-        sums = cross_replica_sum(sums, axis_name)
+        sums = cross_replica_sum(sums, parallel)
         count = jnp.maximum(sums[WEIGHT_KEY], 1.0)
         return {k: (v if k == WEIGHT_KEY else v / count) for k, v in sums.items()}
 
@@ -368,7 +514,7 @@ class ClassifyTask:
         out = os.path.join(workdir, "report", f"step_{step:07d}")
         save_image_grid(
             os.path.join(out, "predictions.png"),
-            list(batch["image"][:count]),
+            list(unit_rgb(batch["image"][:count])),
             titles,
             ncols=8,
             value_range=(0.0, 1.0),
@@ -378,18 +524,17 @@ class ClassifyTask:
 
     def model_name(self) -> str:
         """The Table 2 row name: 'ResNet18', 'ResNet50+HPOW', 'ResNet18+Stability'..."""
-        model = self.config["model"]
-        kind = model["quantizer"]["kind"]
-        name = f"ResNet{model['depth']}"
+        kind = self.model_config.quantizer.kind
+        name = f"ResNet{self.model_config.depth}"
         if kind != "none":
             name += "+" + kind.upper().replace("_", "-")
-        if self.config["stability"]["weight"] > 0:
+        if self.stability.weight > 0:
             name += "+Stability"
         return name
 
     def warm_start(self, state: TrainState) -> TrainState:
         """Params and BatchNorm statistics from ``finetune.init_workdir``'s latest checkpoint."""
-        source = self.config["finetune"]["init_workdir"]
+        source = self.finetune.init_workdir
         if source is None:
             return state
         pretrained_task, pretrained = restore_run(source, key="finetune.init_workdir")
@@ -409,7 +554,7 @@ class ClassifyTask:
     def run_mode(self, mode: str, state: TrainState, workdir: str, step: int) -> dict[str, float]:
         """``config.mode``: ``'robustness'`` writes the distortion benchmark of the checkpoint."""
         if mode != "robustness":
-            raise ValueError(f"config.mode = {mode!r}: allowed: {', '.join(MODES)}")
+            raise cs.ConfigError(f"config.mode = {mode!r}: allowed: {', '.join(MODES)}")
         return self.robustness_report(state, workdir)
 
     def robustness_report(self, state: TrainState, workdir: str) -> dict[str, float]:
@@ -420,9 +565,9 @@ class ClassifyTask:
         ``robustness.saliency_workdir`` so that every compared model sees the same occlusions.
         Writes ``workdir/robustness/`` and returns the Table 2 row.
         """
-        options = self.config["robustness"]
+        options = self.robustness
         logits_fn = jax.jit(functools.partial(self.logits, state))
-        reference = options["saliency_workdir"]
+        reference = options.saliency_workdir
         saliency_logits_fn = logits_fn
         if reference is not None:
             reference_task, reference_state = restore_run(
@@ -431,17 +576,23 @@ class ClassifyTask:
             saliency_logits_fn = jax.jit(functools.partial(reference_task.logits, reference_state))
         saliency_fn = gradient_saliency(saliency_logits_fn)
         source = self._eval_source
-        batches = (source.batch(i) for i in range(self.num_eval_batches))  # streamed, not held
+        batches = (  # streamed, not held
+            {**batch, "image": unit_rgb(batch["image"])}
+            for batch in map(source.batch, range(self.num_eval_batches))
+        )
         # The cheap 'rbg' generator: the distortions compile several times faster than threefry.
-        key = jax.random.key(options["seed"], impl="rbg")
+        key = jax.random.key(options.seed, impl="rbg")
         result = evaluate_robustness(
             logits_fn, batches, key, saliency_fn, num_batches=self.num_eval_batches
         )
-        name = options["model_name"] or self.model_name()
+        name = options.model_name or self.model_name()
         out = os.path.join(workdir, "robustness")
         write_robustness_report(out, {name: result})
         save_distortion_gallery(
-            os.path.join(out, "gallery.png"), source.batch(0)["image"][0], key, saliency_fn
+            os.path.join(out, "gallery.png"),
+            unit_rgb(source.batch(0)["image"][:1])[0],
+            key,
+            saliency_fn,
         )
         return {f"table2/{column}": value for column, value in table2_row(result).items()}
 
@@ -466,7 +617,7 @@ def restore_run(workdir: str, *, key: str) -> tuple[ClassifyTask, TrainState]:
     with open(config_path) as f:
         config = json.load(f)
     task = ClassifyTask(config)
-    restored = restore_state(task, LoopConfig(**config["train"]), workdir)
+    restored = restore_state(task, cs.read_section(LoopConfig, config["train"]), workdir)
     if restored is None:
         raise FileNotFoundError(f"{key} = {workdir!r} has no checkpoint")
     return task, restored[0]
@@ -479,46 +630,3 @@ def only_classifier(tx: optax.GradientTransformation) -> optax.GradientTransform
         return {name: "trainable" if name == CLASSIFIER else "frozen" for name in params}
 
     return optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()}, labels)
-
-
-def make_optimizer(config: Mapping[str, Any], num_steps: int) -> optax.GradientTransformation:
-    """SGD with momentum or AdamW; cosine, step or constant schedule after a linear warm-up."""
-    peak, warmup = config["learning_rate"], config["warmup_steps"]
-    if config["schedule"] == "cosine":
-        schedule = optax.warmup_cosine_decay_schedule(
-            0.0, peak, warmup_steps=warmup, decay_steps=max(num_steps, warmup + 1)
-        )
-    else:
-        if config["schedule"] == "step":
-            # Boundaries are fractions of the whole run; the schedule starts after the warm-up.
-            boundaries = {
-                max(int(fraction * num_steps) - warmup, 1): config["step_factor"]
-                for fraction in config["step_boundaries"]
-            }
-            after_warmup = optax.piecewise_constant_schedule(peak, boundaries)
-        else:
-            after_warmup = optax.constant_schedule(peak)
-        schedule = (
-            optax.join_schedules(
-                [optax.linear_schedule(0.0, peak, max(warmup, 1)), after_warmup], [warmup]
-            )
-            if warmup
-            else after_warmup
-        )
-    if config["name"] == "sgd":
-        return optax.chain(
-            optax.add_decayed_weights(config["weight_decay"], mask=decays),
-            optax.sgd(schedule, momentum=config["momentum"], nesterov=True),
-        )
-    return optax.adamw(
-        schedule, b1=config["momentum"], weight_decay=config["weight_decay"], mask=decays
-    )
-
-
-def decays(params: Any) -> Any:
-    """Which params weight decay shrinks: the conv and dense kernels only. Not the biases, the
-    BatchNorm scales and offsets, nor the quantizers' exponents α and floor scales log β (a decay
-    would pull every α to 0, the identity map, against what the layer learns)."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: getattr(path[-1], "key", None) == "kernel", params
-    )

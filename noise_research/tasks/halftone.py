@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import chex
@@ -28,7 +28,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from noise_research import config_schema as cs
 from noise_research.classical import CLASSICAL_HALFTONERS
@@ -41,81 +40,150 @@ from noise_research.data import (
     gray_steps,
     sample_images,
 )
-from noise_research.data.base import BatchSource, ProcessSlice
-from noise_research.layers import NIB_COMBINES, NOISE_DISTRIBUTIONS
+from noise_research.data.base import ENDLESS, BatchSource, ProcessSlice, worker_batches
+from noise_research.layers.nib import NibConfig
 from noise_research.metrics import halftone as metrics
 from noise_research.models.halftone import FIRST_LAYERS, HALFTONE_MODELS, build_halftone_model
-from noise_research.train.loop import loop_config_rules
-from noise_research.train.parallel import cross_replica_mean
+from noise_research.tasks.base import Task
+from noise_research.train.loop import LoopConfig
+from noise_research.train.optim import OptimizerConfig, make_optimizer
+from noise_research.train.parallel import ParallelContext, cross_replica_mean
 from noise_research.train.rng import step_rngs
-from noise_research.train.state import TrainState
+from noise_research.train.state import TrainState, apply_mean_gradients, init_train_state
 from noise_research.viz import save_image_grid, save_line_plot
 
-OPTIMIZERS = ("adam", "adamw")
-SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "bfloat16")
 EVAL_SEED_OFFSET = 1_000_003  # eval comics come from a seed no training step uses
 EVAL_NOISE_INDEX = 2**31 - 1  # eval's dynamic noise: fold_in(root, index) no training step uses
 
 
+@dataclasses.dataclass(frozen=True)
+class HalftoneData:
+    """The ``data`` section: training crops and constant-gray images."""
+
+    name: str = cs.setting(
+        "comic", cs.text(), "'comic' (procedural, embedded) or a TFDS image dataset ('voc/2012')"
+    )
+    split: str = cs.setting("train", cs.text(), "the TFDS split")
+    data_dir: str | None = cs.setting(
+        None, cs.optional(cs.text()), "TFDS data_dir; None: TFDS's default", placeholder=str
+    )
+    image_key: str = cs.setting("image", cs.text(), "the TFDS image feature")
+    crop_size: int = cs.setting(256, cs.integer(minimum=8), "side of the gray training crops")
+    batch_size: int = cs.setting(8, cs.batch_size(), "global batch of training crops")
+    constant_batch_size: int = cs.setting(
+        8, cs.batch_size(), "global batch of constant-gray images (the blue-noise loss)"
+    )
+    seed: int = cs.setting(0, cs.integer(minimum=0), "seed of the crops, order and gray levels")
+    input_workers: int | None = cs.setting(
+        None,
+        cs.optional(cs.integer(minimum=0)),
+        "processes building training batches; None: one per CPU core for a TFDS set, none "
+        "(a thread of this process) for the comics; 0: a thread of this process",
+        placeholder=int,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class HalftoneModelConfig:
+    """The ``model`` section."""
+
+    name: str = cs.setting(
+        "resnet",
+        cs.one_of(*HALFTONE_MODELS),
+        "'resnet' (receptive field 45², the paper's ≈41²) or 'unet' (188²–204², the paper's ≈183²)",
+    )
+    width: int = cs.setting(64, cs.integer(minimum=1), "channels of the first layer")
+    first_layer: str = cs.setting(
+        "nib", cs.one_of(*FIRST_LAYERS), "'conv' (plain) or 'nib' (Noise Incentive Block)"
+    )
+    dtype: str = cs.setting("float32", cs.one_of(*DTYPES), "compute dtype (params stay float32)")
+    nib: NibConfig = cs.subsection(NibConfig, "the NIB, with first_layer = 'nib'")
+
+
+@dataclasses.dataclass(frozen=True)
+class HalftoneLoss:
+    """The ``loss`` section (module docstring)."""
+
+    tone_weight: float = cs.setting(0.6, cs.number(minimum=0), "weight of the tone loss")
+    quantization_weight: float = cs.setting(
+        0.2, cs.number(minimum=0), "weight of the quantization loss mean(||y| − 1|)"
+    )
+    blue_noise_weight: float = cs.setting(
+        0.3, cs.number(minimum=0), "weight of the blue-noise loss on constant-gray images"
+    )
+    blue_noise_fraction: float = cs.setting(
+        0.2,
+        cs.number(minimum=0.01, maximum=1.0),
+        "side fraction of the low-frequency DCT block the blue-noise loss sees",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class HalftoneEval:
+    """The ``eval`` section: held-out comics and constant-gray patches, and the report's size."""
+
+    image_size: int = cs.setting(256, cs.integer(minimum=16), "side of the eval images")
+    batch_size: int = cs.setting(8, cs.batch_size(), "global eval batch")
+    num_batches: int = cs.setting(4, cs.integer(minimum=1), "eval batches per evaluation")
+    report_image_size: int = cs.setting(
+        256, cs.integer(minimum=16), "side of the report's sample images"
+    )
+
+
+SECTIONS = {
+    "train": LoopConfig,
+    "data": HalftoneData,
+    "model": HalftoneModelConfig,
+    "loss": HalftoneLoss,
+    "optimizer": OptimizerConfig,
+    "eval": HalftoneEval,
+}
+
+
 def config_rules() -> dict[str, cs.Rule]:
     """Every key a halftoning config may hold, and what each allows."""
-    nib_needs_bernoulli = cs.Rule(
-        lambda v, ctx: (
-            v in NIB_COMBINES
-            and (v != "impulse" or ctx.get("model.nib.distribution") == "bernoulli")
-        ),
-        "one of 'symmetric', 'impulse', 'feature' ('impulse' needs "
-        "model.nib.distribution='bernoulli')",
-    )
-    noise_scale = cs.Rule(
-        lambda v, ctx: (
-            isinstance(v, int | float)
-            and v >= 0
-            and (ctx.get("model.nib.distribution") != "bernoulli" or v <= 1)
-        ),
-        "a number >= 0 (a probability in [0, 1] for the 'bernoulli' distribution)",
-    )
-    stationary = cs.Rule(
-        lambda v, ctx: isinstance(v, bool) and (v or ctx.get("model.nib.distribution") != "grid"),
-        "True or False (the 'grid' control is a fixed pattern: True)",
-    )
-    return {
-        "task": cs.one_of("halftone"),
-        **loop_config_rules(),
-        "data.name": cs.text(),
-        "data.split": cs.text(),
-        "data.data_dir": cs.optional(cs.text()),
-        "data.image_key": cs.text(),
-        "data.crop_size": cs.integer(minimum=8),
-        "data.batch_size": cs.batch_size(),
-        "data.constant_batch_size": cs.batch_size(),
-        "data.seed": cs.integer(minimum=0),
-        "model.name": cs.one_of(*HALFTONE_MODELS),
-        "model.width": cs.integer(minimum=1),
-        "model.first_layer": cs.one_of(*FIRST_LAYERS),
-        "model.dtype": cs.one_of(*DTYPES),
-        "model.nib.combine": nib_needs_bernoulli,
-        "model.nib.distribution": cs.one_of(*NOISE_DISTRIBUTIONS),
-        "model.nib.noise_scale": noise_scale,
-        "model.nib.stationary": stationary,
-        "model.nib.kernel_size": cs.Rule(
-            lambda v, _: isinstance(v, int) and v >= 1 and v % 2 == 1, "an odd integer >= 1"
-        ),
-        "loss.tone_weight": cs.number(minimum=0),
-        "loss.quantization_weight": cs.number(minimum=0),
-        "loss.blue_noise_weight": cs.number(minimum=0),
-        "loss.blue_noise_fraction": cs.number(minimum=0.01, maximum=1.0),
-        "optimizer.name": cs.one_of(*OPTIMIZERS),
-        "optimizer.learning_rate": cs.positive_number(),
-        "optimizer.schedule": cs.one_of(*SCHEDULES),
-        "optimizer.warmup_steps": cs.integer(minimum=0),
-        "optimizer.weight_decay": cs.number(minimum=0),
-        "eval.image_size": cs.integer(minimum=16),
-        "eval.batch_size": cs.batch_size(),
-        "eval.num_batches": cs.integer(minimum=1),
-        "eval.report_image_size": cs.integer(minimum=16),
+    return cs.experiment_rules(SECTIONS, task=cs.one_of("halftone"))
+
+
+def experiment_config(
+    *, model: str = "resnet", first_layer: str = "nib", demo: bool = False
+) -> Any:
+    """The halftoning experiment's ``ml_collections`` config (DESIGN.md, "NIB / halftoning": the
+    authors' noise std 0.3 on [−1, 1], stationary normal noise, Adam lr 1e-4, batch 8, 256² crops).
+
+    ``demo=True`` shrinks it to a few minutes on 2 CPU cores, still long enough for the NIB/plain
+    difference to show. The files in ``configs/halftone/`` pick model, first layer and size.
+    """
+    sections = {
+        "train": LoopConfig(report_every=20_000),
+        "data": HalftoneData(),
+        "model": HalftoneModelConfig(name=model, first_layer=first_layer),
+        "loss": HalftoneLoss(),
+        "optimizer": OptimizerConfig(),
+        "eval": HalftoneEval(),
     }
+    if demo:
+        sections.update(
+            train=LoopConfig(
+                num_steps=400, log_every=20, eval_every=200, report_every=0, checkpoint_every=100
+            ),
+            data=HalftoneData(crop_size=64, batch_size=4, constant_batch_size=4),
+            model=dataclasses.replace(sections["model"], width=16),
+            optimizer=OptimizerConfig(learning_rate=1e-3),
+            eval=HalftoneEval(image_size=64, batch_size=8, num_batches=2, report_image_size=128),
+        )
+    return cs.config_dict(sections, task="halftone")
+
+
+def demo_from_arg(arg: str | None) -> bool:
+    """The config-file argument (``file.py:demo``): nothing for the paper's sizes, ``demo`` for a
+    CPU."""
+    if arg in (None, ""):
+        return False
+    if arg == "demo":
+        return True
+    raise ValueError(f"config argument {arg!r} is unknown; allowed: 'demo' or nothing")
 
 
 def binarize(y: jax.Array) -> jax.Array:
@@ -125,14 +193,14 @@ def binarize(y: jax.Array) -> jax.Array:
 
 
 def halftone_losses(
-    y: jax.Array, gray: jax.Array, num_constant: int, weights: Mapping[str, float]
+    y: jax.Array, gray: jax.Array, num_constant: int, weights: HalftoneLoss
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The weighted loss and its terms; the last ``num_constant`` rows are constant-gray images."""
     chex.assert_equal_shape([y, gray])
     halftone = binarize(y)
     tone = jnp.mean((metrics.tone_blur(halftone) - metrics.tone_blur(gray)) ** 2)
     quantization = jnp.mean(jnp.abs(jnp.abs(y) - 1.0))
-    fraction = weights["blue_noise_fraction"]
+    fraction = weights.blue_noise_fraction
     blue_noise = jnp.mean(
         jnp.abs(
             metrics.dct_low_frequency(halftone[-num_constant:], fraction)
@@ -140,9 +208,9 @@ def halftone_losses(
         )
     )
     loss = (
-        weights["tone_weight"] * tone
-        + weights["quantization_weight"] * quantization
-        + weights["blue_noise_weight"] * blue_noise
+        weights.tone_weight * tone
+        + weights.quantization_weight * quantization
+        + weights.blue_noise_weight * blue_noise
     )
     return loss, {
         "loss": loss,
@@ -154,13 +222,21 @@ def halftone_losses(
 
 @dataclasses.dataclass
 class HalftoneBatches:
-    """Training batches: ``image`` from the image source plus ``constant`` gray images."""
+    """Training batches: ``image`` rows from the image source plus ``constant`` gray rows.
+
+    The step's global batch joins the G image rows and the C constant rows; their global positions
+    (``image_position``, ``constant_position``) number the joined stream, step·(G + C) + row, image
+    rows first. They key each row's dynamic noise, so it does not depend on how a backend splits or
+    joins the two groups on its devices.
+    """
 
     images: BatchSource
-    constant_per_process: int
+    constant_batch_size: int
     crop_size: int
     seed: int
     process_index: int
+    process_count: int
+    num_workers: int = 0
 
     @property
     def global_batch_size(self) -> int:
@@ -170,16 +246,41 @@ class HalftoneBatches:
         constant = constant_gray_batch(
             self.seed,
             step,
-            self.constant_per_process,
+            self.constant_batch_size,
             (self.crop_size, self.crop_size),
             process_index=self.process_index,
+            process_count=self.process_count,
         )
-        return {"image": self.images.batch(step)["image"], "constant": constant}
+        joined = self.global_batch_size + self.constant_batch_size
+        image_rows = ProcessSlice(self.global_batch_size, self.process_index, self.process_count)
+        constant_rows = ProcessSlice(
+            self.constant_batch_size, self.process_index, self.process_count
+        )
+        return {
+            "image": self.images.batch(step)["image"],
+            "constant": constant,
+            "image_position": _positions(step * joined, image_rows.global_positions(0)),
+            "constant_position": _positions(
+                step * joined + self.global_batch_size, constant_rows.global_positions(0)
+            ),
+        }
+
+    def iterate(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+        """``batch(start_step)``, ``batch(start_step + 1)``, … built by ``num_workers``
+        processes (``worker_batches``)."""
+        return worker_batches(self.batch, range(start_step, ENDLESS), self.num_workers)
+
+
+def _positions(offset: int, rows: range) -> np.ndarray:
+    return (offset + np.arange(rows.start, rows.stop)).astype(np.int32)
 
 
 @dataclasses.dataclass
 class HalftoneEvalBatches:
-    """A fixed eval set: held-out comic images and constant-gray patches at evenly spaced levels."""
+    """A fixed eval set: held-out comic images and constant-gray patches at evenly spaced levels.
+
+    Comic n has position n, constant patch n position N + n (N eval images in all).
+    """
 
     global_batch_size: int
     num_batches: int
@@ -197,7 +298,12 @@ class HalftoneEvalBatches:
         total = self.global_batch_size * self.num_batches
         levels = np.linspace(-0.95, 0.95, total, dtype=np.float32)[list(positions)]
         constant = np.broadcast_to(levels[:, None, None, None], comics.shape).copy()
-        return {"image": comics, "constant": constant}
+        return {
+            "image": comics,
+            "constant": constant,
+            "image_position": _positions(0, positions),
+            "constant_position": _positions(total, positions),
+        }
 
 
 def build(config: Mapping[str, Any]) -> HalftoneTask:
@@ -205,102 +311,109 @@ def build(config: Mapping[str, Any]) -> HalftoneTask:
     return HalftoneTask(config)
 
 
-class HalftoneTask:
+class HalftoneTask(Task):
     """Train / eval steps and the report of the halftoning experiment (see the module docstring)."""
 
     def __init__(self, config: Mapping[str, Any]):
         self.config = config
-        model_config = dict(config["model"])
-        nib = dict(model_config.pop("nib"))
-        name = model_config.pop("name")
-        dtype = jnp.dtype(model_config.pop("dtype"))
-        if model_config["first_layer"] != "nib":
-            nib = None  # the model rejects NIB settings for a plain first layer
-        self.model: nn.Module = build_halftone_model(name, nib=nib, dtype=dtype, **model_config)
-        self.loss_weights = dict(config["loss"])
-        self.num_eval_batches = int(config["eval"]["num_batches"])
-        self.tx = _make_optimizer(config["optimizer"], config["train"]["num_steps"])
+        self.loop = cs.read_section(LoopConfig, config["train"])
+        self.data = cs.read_section(HalftoneData, config["data"])
+        self.model_config = cs.read_section(HalftoneModelConfig, config["model"])
+        self.loss_weights = cs.read_section(HalftoneLoss, config["loss"])
+        self.eval_config = cs.read_section(HalftoneEval, config["eval"])
+        model = self.model_config
+        self.model: nn.Module = build_halftone_model(
+            model.name,
+            width=model.width,
+            first_layer=model.first_layer,
+            # The model rejects NIB settings for a plain first layer.
+            nib=dataclasses.asdict(model.nib) if model.first_layer == "nib" else None,
+            dtype=jnp.dtype(model.dtype),
+        )
+        self.num_eval_batches = self.eval_config.num_batches
+        self.tx = make_optimizer(
+            cs.read_section(OptimizerConfig, config["optimizer"]), self.loop.num_steps
+        )
         self._forward_jit = _jitted_forward(self.model)
 
     # --- data -------------------------------------------------------------------------------
     def train_source(self, process_index: int, process_count: int) -> BatchSource:
-        data = self.config["data"]
+        data = self.data
         common = dict(
-            global_batch_size=data["batch_size"],
-            seed=data["seed"],
+            global_batch_size=data.batch_size,
+            seed=data.seed,
             process_index=process_index,
             process_count=process_count,
         )
-        if data["name"] == "comic":
-            images = ComicBatches(size=(data["crop_size"], data["crop_size"]), **common)
+        if data.name == "comic":
+            images = ComicBatches(size=(data.crop_size, data.crop_size), **common)
+            num_workers = data.input_workers or 0
         else:
             images = TfdsImageBatches(
-                data["name"],
-                split=data["split"],
-                crop_size=data["crop_size"],
-                data_dir=data["data_dir"],
-                image_key=data["image_key"],
+                data.name,
+                split=data.split,
+                crop_size=data.crop_size,
+                data_dir=data.data_dir,
+                image_key=data.image_key,
+                num_workers=data.input_workers,
                 **common,
             )
+            num_workers = images.num_workers
         return HalftoneBatches(
             images=images,
-            constant_per_process=data["constant_batch_size"] // process_count,
-            crop_size=data["crop_size"],
-            seed=data["seed"],
+            constant_batch_size=data.constant_batch_size,
+            crop_size=data.crop_size,
+            seed=data.seed,
             process_index=process_index,
+            process_count=process_count,
+            num_workers=num_workers,
         )
 
     def eval_source(self, process_index: int, process_count: int) -> BatchSource:
-        evaluation = self.config["eval"]
         return HalftoneEvalBatches(
-            global_batch_size=evaluation["batch_size"],
-            num_batches=evaluation["num_batches"],
-            image_size=evaluation["image_size"],
-            seed=self.config["data"]["seed"],
+            global_batch_size=self.eval_config.batch_size,
+            num_batches=self.eval_config.num_batches,
+            image_size=self.eval_config.image_size,
+            seed=self.data.seed,
             process_index=process_index,
             process_count=process_count,
         )
 
     # --- pure steps -------------------------------------------------------------------------
     def init(self, rng: jax.Array, example_batch: Mapping[str, Any]) -> TrainState:
-        params_key, noise_key, state_key = jax.random.split(rng, 3)
         example = jnp.zeros((1, *example_batch["image"].shape[1:]), jnp.float32)
-        variables = self.model.init({"params": params_key, "noise": noise_key}, example)
-        return TrainState.create(variables=variables, tx=self.tx, rng=state_key)
-
-    def _forward(self, variables: Any, images: jax.Array, rngs: dict[str, jax.Array]) -> jax.Array:
-        return self.model.apply(variables, images, rngs=rngs)
+        return init_train_state(self.model, rng, example, self.tx)
 
     def train_step(
-        self, state: TrainState, batch: Mapping[str, jax.Array], axis_name: str | None
+        self, state: TrainState, batch: Mapping[str, jax.Array], parallel: ParallelContext
     ) -> tuple[TrainState, dict[str, jax.Array]]:
         gray = jnp.concatenate([batch["image"], batch["constant"]], axis=0)
+        positions = jnp.concatenate([batch["image_position"], batch["constant_position"]])
         num_constant = batch["constant"].shape[0]
-        rngs = step_rngs(state.rng, state.step, ("noise",), axis_name)
+        rngs = step_rngs(state.rng, state.step, ("noise",))
 
         def loss_fn(params: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
-            y = self._forward({"params": params, **state.model_state}, gray, rngs)
+            variables = {"params": params, **state.model_state}
+            y = self.model.apply(variables, gray, positions, rngs=rngs)
             return halftone_losses(y.astype(jnp.float32), gray, num_constant, self.loss_weights)
 
         grads, step_metrics = jax.grad(loss_fn, has_aux=True)(state.params)
-        grads = cross_replica_mean(grads, axis_name)
-        step_metrics = cross_replica_mean(step_metrics, axis_name)
-        return state.apply_gradients(grads), step_metrics
+        return apply_mean_gradients(state, grads, step_metrics, parallel)
 
     def eval_step(
-        self, state: TrainState, batch: Mapping[str, jax.Array], axis_name: str | None
+        self, state: TrainState, batch: Mapping[str, jax.Array], parallel: ParallelContext
     ) -> dict[str, jax.Array]:
         rngs = {"noise": jax.random.fold_in(state.rng, EVAL_NOISE_INDEX)}
         results = {}
-        for split in ("image", "constant"):
+        for split, prefix in (("image", "comic"), ("constant", "constant")):
             gray = batch[split]
-            y = self._forward(state.variables, gray, rngs).astype(jnp.float32)
+            y = self.model.apply(state.variables, gray, batch[f"{split}_position"], rngs=rngs)
+            y = y.astype(jnp.float32)
             halftone = jnp.where(y >= 0, 1.0, -1.0)
-            prefix = "comic" if split == "image" else "constant"
             results[f"{prefix}/tone_psnr"] = jnp.mean(metrics.tone_psnr(halftone, gray))
             results[f"{prefix}/ssim"] = jnp.mean(metrics.ssim(halftone, gray))
             results[f"{prefix}/fraction_binary"] = jnp.mean(metrics.fraction_binary(y))
-        return cross_replica_mean(results, axis_name)
+        return cross_replica_mean(results, parallel)
 
     # --- host-side report -------------------------------------------------------------------
     def halftone_images(self, state: TrainState, gray: np.ndarray) -> np.ndarray:
@@ -316,12 +429,12 @@ class HalftoneTask:
         """
         out = os.path.join(workdir, "report", f"step_{step:07d}")
         os.makedirs(out, exist_ok=True)
-        model_name = f"{self.config['model']['first_layer']}-{self.config['model']['name']}"
+        model_name = f"{self.model_config.first_layer}-{self.model_config.name}"
         methods = {model_name: lambda gray: self.halftone_images(state, gray)}
         methods.update(CLASSICAL_HALFTONERS)
         methods = {name: _one_image_at_a_time(fn) for name, fn in methods.items()}
 
-        size = self.config["eval"]["report_image_size"]
+        size = self.eval_config.report_image_size
         samples = sample_images(size=size)
         ramps = {
             "ramp": gray_ramp((size, size)),
@@ -414,22 +527,3 @@ def _write_table(out: str, table: dict[str, dict[str, float]], step: int) -> Non
         lines.append(f"| {name} | " + " | ".join(f"{row[c]:.4g}" for c in columns) + " |")
     with open(os.path.join(out, "comparison.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-
-
-def _make_optimizer(config: Mapping[str, Any], num_steps: int) -> optax.GradientTransformation:
-    """Adam (the authors': lr 1e-4) or AdamW, constant or cosine schedule with linear warm-up."""
-    peak = config["learning_rate"]
-    warmup = config["warmup_steps"]
-    if config["schedule"] == "cosine":
-        schedule = optax.warmup_cosine_decay_schedule(
-            0.0, peak, warmup_steps=warmup, decay_steps=max(num_steps, warmup + 1)
-        )
-    elif warmup:
-        schedule = optax.join_schedules(
-            [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup]
-        )
-    else:
-        schedule = peak
-    if config["name"] == "adamw":
-        return optax.adamw(schedule, weight_decay=config["weight_decay"])
-    return optax.adam(schedule)

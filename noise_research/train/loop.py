@@ -1,18 +1,21 @@
 """The one train loop: data, devices, jit, checkpoints, logging, evaluation cadence, preemption.
 
 It knows nothing of any task: a task (see :mod:`noise_research.tasks.base`) supplies pure ``init``,
-``train_step`` and ``eval_step``, step-indexed batch sources and a host-side ``report``. Because
-batches are addressed by step and every per-step key is ``fold_in(root, step)``, a run restored
-from the checkpoint at step ``s`` continues exactly as the uninterrupted run would have.
+named step functions and the host-side rule that picks one per step, ``eval_step``, evaluators,
+step-indexed batch sources and a host-side ``report``. Because batches are addressed by step and
+every per-step key is ``fold_in(root, step)``, a run restored from the checkpoint at step ``s``
+continues exactly as the uninterrupted run would have, on any backend and device count.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -34,38 +37,33 @@ WEIGHT_KEY = "weight"  # see average_metrics()
 
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
-    """The loop's settings (``config.train`` in the experiment configs)."""
+    """The loop's settings: the ``train`` section of every experiment config."""
 
-    num_steps: int
-    seed: int = 0
-    parallel: str = "jit"
-    log_every: int = 50
-    eval_every: int = 500
-    report_every: int = 0  # 0: pictures and tables only at the end
-    final_report: bool = True  # False: no pictures at the end either (sweeps, tests)
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    async_checkpoints: bool = True
-    progress: bool = True
-
-
-def loop_config_rules() -> dict[str, cs.Rule]:
-    """The rules of the ``train.*`` keys (:class:`LoopConfig`), shared by every task's config."""
-    rules = {
-        "num_steps": cs.integer(minimum=1),
-        "seed": cs.integer(minimum=0),
-        "parallel": cs.one_of(*BACKENDS),
-        "log_every": cs.integer(minimum=1),
-        "eval_every": cs.integer(minimum=1),
-        "report_every": cs.integer(minimum=0),
-        "final_report": cs.boolean(),
-        "checkpoint_every": cs.integer(minimum=1),
-        "keep_checkpoints": cs.integer(minimum=1),
-        "async_checkpoints": cs.boolean(),
-        "progress": cs.boolean(),
-    }
-    assert set(rules) == {field.name for field in dataclasses.fields(LoopConfig)}
-    return {f"train.{key}": rule for key, rule in rules.items()}
+    num_steps: int = cs.setting(100_000, cs.integer(minimum=1), "optimizer steps of the whole run")
+    seed: int = cs.setting(
+        0, cs.integer(minimum=0), "root of every random draw: init, noise, augmentation order"
+    )
+    parallel: str = cs.setting(
+        "jit",
+        cs.one_of(*BACKENDS),
+        "'jit' (NamedSharding on a 'data' mesh axis) or 'pmap'; both give the same run",
+    )
+    log_every: int = cs.setting(100, cs.integer(minimum=1), "steps between train-metric lines")
+    eval_every: int = cs.setting(5_000, cs.integer(minimum=1), "steps between evaluations")
+    report_every: int = cs.setting(
+        0, cs.integer(minimum=0), "steps between pictures and tables; 0: only at the end"
+    )
+    final_report: bool = cs.setting(
+        True, cs.boolean(), "pictures and tables when training ends (False: sweeps, tests)"
+    )
+    checkpoint_every: int = cs.setting(
+        5_000, cs.integer(minimum=1), "steps between checkpoints (one is always saved at the end)"
+    )
+    keep_checkpoints: int = cs.setting(3, cs.integer(minimum=1), "newest checkpoints kept")
+    async_checkpoints: bool = cs.setting(
+        True, cs.boolean(), "write checkpoints while the next steps run"
+    )
+    progress: bool = cs.setting(True, cs.boolean(), "a progress bar with steps/s and the loss")
 
 
 @dataclasses.dataclass
@@ -74,13 +72,14 @@ class LoopResult:
     step: int
     train_metrics: dict[str, float]
     eval_metrics: dict[str, float]
+    evaluations: dict[str, dict[str, float]]  # each evaluator's last result
     report_metrics: dict[str, float]
     preempted: bool
     resumed_from: int | None
 
 
 class _Prefetcher:
-    """Builds the host batches of the next steps on a background thread."""
+    """Builds the host batches of the next steps on a background thread, in step order."""
 
     def __init__(self, source: BatchSource, start: int, stop: int, depth: int = 2):
         self._source = source
@@ -89,18 +88,30 @@ class _Prefetcher:
             step: self._pool.submit(source.batch, step)
             for step in range(start, min(stop, start + depth))
         }
-        self._stop = stop
-        self._depth = depth
+        self._next, self._stop, self._depth = start, stop, depth
 
-    def get(self, step: int) -> dict[str, np.ndarray]:
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        step = self._next
         future = self._futures.pop(step, None) or self._pool.submit(self._source.batch, step)
         ahead = step + self._depth
         if ahead < self._stop and ahead not in self._futures:
             self._futures[ahead] = self._pool.submit(self._source.batch, ahead)
+        self._next += 1
         return future.result()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def host_batches(source: BatchSource, start: int, stop: int) -> Iterator[dict[str, np.ndarray]]:
+    """``source.batch(start), source.batch(start + 1), …``: from the source's own parallel pipeline
+    when it has one (``iterate``), else prefetched on a background thread."""
+    if hasattr(source, "iterate"):
+        return source.iterate(start)
+    return _Prefetcher(source, start, stop)
 
 
 def to_numpy(state: PyTree) -> PyTree:
@@ -115,19 +126,25 @@ def to_numpy(state: PyTree) -> PyTree:
 
 
 def average_metrics(history: list[dict[str, float]]) -> dict[str, float]:
-    """Mean over steps or eval batches, weighted by a batch's ``"weight"`` metric when present.
+    """Each metric's mean over the steps or eval batches that returned it, weighted by a record's
+    ``"weight"`` metric when present.
 
-    A task whose batches carry padding (an eval set that does not divide into whole batches) returns
-    means over its real examples plus their number as ``"weight"``; the loop then averages exactly.
+    A step kind may return metrics the others do not (a GAN's R1 penalty only on its lazy steps):
+    each is averaged over its own records. A task whose batches carry padding (an eval set that does
+    not divide into whole batches) returns means over its real examples plus their number as
+    ``"weight"``; the loop then averages exactly, and the result's ``"weight"`` is their total.
     """
-    weights = np.array([m.get(WEIGHT_KEY, 1.0) for m in history], dtype=np.float64)
-    means = {
-        name: float(np.dot(weights, [m[name] for m in history]) / weights.sum())
-        for name in history[0]
-        if name != WEIGHT_KEY
-    }
-    if WEIGHT_KEY in history[0]:
-        means[WEIGHT_KEY] = float(weights.sum())
+    sums: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for record in history:
+        weight = float(record.get(WEIGHT_KEY, 1.0))
+        for name, value in record.items():
+            if name != WEIGHT_KEY:
+                sums[name] = sums.get(name, 0.0) + weight * float(value)
+                weights[name] = weights.get(name, 0.0) + weight
+    means = {name: sums[name] / weights[name] for name in sums if weights[name] > 0}
+    if any(WEIGHT_KEY in record for record in history):
+        means[WEIGHT_KEY] = float(sum(r[WEIGHT_KEY] for r in history if WEIGHT_KEY in r))
     return means
 
 
@@ -172,6 +189,11 @@ def train(
     is_chief = process_index == 0
     train_source = task.train_source(process_index, process_count)
     eval_source = task.eval_source(process_index, process_count)
+    evaluators = task.evaluators()
+    evaluator_sources = {
+        name: evaluator.source(process_index, process_count)
+        for name, evaluator in evaluators.items()
+    }
     root_rng = jax.random.PRNGKey(config.seed)
     example_batch = train_source.batch(0)
 
@@ -185,8 +207,7 @@ def train(
     restored = checkpointer.restore_latest(abstract_state)
     if restored is None:
         state = backend.init(task.init, root_rng, example_batch)
-        if hasattr(task, "warm_start"):  # e.g. fine-tuning: params from another run
-            state = backend.put_state(task.warm_start(to_numpy(backend.host_state(state))))
+        state = backend.put_state(task.warm_start(to_numpy(backend.host_state(state))))
         start_step, resumed_from = 0, None
     else:
         restored_state, meta = restored
@@ -194,8 +215,11 @@ def train(
         start_step = resumed_from = int(meta["data_position"])
         log.info("resumed from the checkpoint at step %d in %s", start_step, checkpointer.directory)
 
-    train_step = backend.compile_train_step(task.train_step)
+    train_steps = {kind: backend.compile_train_step(fn) for kind, fn in task.train_steps().items()}
     eval_step = backend.compile_eval_step(task.eval_step)
+    accumulate = {
+        name: backend.compile_accumulate(evaluator.update) for name, evaluator in evaluators.items()
+    }
     writer = MetricWriter(workdir, resume_step=start_step)
 
     def evaluate(state: PyTree) -> dict[str, float]:
@@ -205,16 +229,36 @@ def train(
         ]
         return average_metrics(per_batch)
 
+    def run_evaluator(name: str, state: PyTree, step: int) -> dict[str, float]:
+        evaluator, source = evaluators[name], evaluator_sources[name]
+        accumulator = backend.put_state(evaluator.init())
+        for i in range(evaluator.num_batches):
+            accumulator = accumulate[name](state, accumulator, backend.put_batch(source.batch(i)))
+        result = evaluator.finalize(to_numpy(backend.host_state(accumulator)))
+        writer.write(step, name, result)
+        return result
+
     def save(state: PyTree, step: int, *, force: bool) -> None:
-        meta = {"step": step, "data_position": step, "backend": backend.name}
+        meta = {
+            "step": step,
+            "data_position": step,
+            "backend": backend.name,
+            "config": json_config(task.config),
+        }
         checkpointer.save(step, backend.host_state(state), meta, force=force)
 
     step = start_step
     train_metrics: dict[str, float] = {}
     eval_metrics: dict[str, float] = {}
+    evaluations: dict[str, dict[str, float]] = {}
     report_metrics: dict[str, float] = {}
     history: list[PyTree] = []
-    prefetcher = _Prefetcher(train_source, start_step, config.num_steps)
+    # A finished run (resumed at its last step) starts no input workers.
+    batches = (
+        host_batches(train_source, start_step, config.num_steps)
+        if step < config.num_steps
+        else iter(())
+    )
     last_log_time, last_log_step = time.perf_counter(), start_step
     bar = tqdm(
         total=config.num_steps,
@@ -223,11 +267,13 @@ def train(
         disable=not (config.progress and is_chief),
         dynamic_ncols=True,
     )
+    stop = False
     try:
         with PreemptionGuard() as guard:
-            while step < config.num_steps and not guard.stop_requested:
-                batch = backend.put_batch(prefetcher.get(step))
-                state, metrics = train_step(state, batch)
+            while step < config.num_steps and not stop:
+                kind = task.step_kind(step)
+                step_fn = _pick(train_steps, kind, step)
+                state, metrics = step_fn(state, backend.put_batch(next(batches)))
                 history.append(metrics)
                 step += 1
                 bar.update(1)
@@ -240,15 +286,20 @@ def train(
                     )
                     last_log_time, last_log_step = now, step
                     writer.write(step, "train", train_metrics)
-                    bar.set_postfix(loss=f"{train_metrics.get('loss', float('nan')):.4f}")
-                if step % config.eval_every == 0 and step < config.num_steps:
-                    eval_metrics = evaluate(state)
-                    writer.write(step, "eval", eval_metrics)
+                    bar.set_postfix(_progress_postfix(train_metrics))
+                if step < config.num_steps:
+                    if step % config.eval_every == 0:
+                        eval_metrics = evaluate(state)
+                        writer.write(step, "eval", eval_metrics)
+                    for name, evaluator in evaluators.items():
+                        if evaluator.every and step % evaluator.every == 0:
+                            evaluations[name] = run_evaluator(name, state, step)
                 if config.report_every and step % config.report_every == 0 and is_chief:
                     host_state = to_numpy(backend.host_state(state))
                     writer.write(step, "report", task.report(host_state, workdir, step))
-                save(state, step, force=guard.stop_requested)
-            preempted = guard.stop_requested and step < config.num_steps
+                stop = guard.should_stop(step)  # every process agrees on the step to stop at
+                save(state, step, force=stop)
+            preempted = stop and step < config.num_steps
         if preempted:
             log.warning(
                 "stopped at step %d by %s; checkpoint saved in %s — run the same command to resume",
@@ -261,13 +312,16 @@ def train(
                 save(state, step, force=True)
             eval_metrics = evaluate(state)
             writer.write(step, "eval", eval_metrics)
+            for name in evaluators:
+                evaluations[name] = run_evaluator(name, state, step)
             if is_chief and config.final_report:
                 host_state = to_numpy(backend.host_state(state))
                 report_metrics = task.report(host_state, workdir, step)
                 writer.write(step, "report", report_metrics)
     finally:
         bar.close()
-        prefetcher.close()
+        if hasattr(batches, "close"):
+            batches.close()
         checkpointer.wait()
         checkpointer.close()
         writer.close()
@@ -276,7 +330,29 @@ def train(
         step=step,
         train_metrics=train_metrics,
         eval_metrics=eval_metrics,
+        evaluations=evaluations,
         report_metrics=report_metrics,
         preempted=preempted,
         resumed_from=resumed_from,
     )
+
+
+def _pick(train_steps: dict[str, Any], kind: str, step: int) -> Any:
+    if kind not in train_steps:
+        raise ValueError(
+            f"step_kind({step}) = {kind!r} is not one of the task's step kinds: "
+            f"{', '.join(train_steps)}"
+        )
+    return train_steps[kind]
+
+
+def _progress_postfix(metrics: dict[str, float]) -> dict[str, str]:
+    """The loss (or each ``*loss`` of a multi-kind task) for the progress bar."""
+    losses = {k: v for k, v in metrics.items() if k == "loss" or k.endswith("_loss")}
+    shown = {"loss": losses["loss"]} if "loss" in losses else losses
+    return {name: f"{value:.4f}" for name, value in list(shown.items())[:3]}
+
+
+def json_config(config: Any) -> Any:
+    """The experiment config as plain JSON values (tuples as lists), as saved with checkpoints."""
+    return json.loads(json.dumps(dict(config), default=str))

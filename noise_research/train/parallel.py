@@ -1,25 +1,33 @@
-"""Data-parallel backends: ``jax.jit`` with ``NamedSharding`` (default) and ``jax.pmap``.
+"""Data-parallel backends (``jax.jit`` with ``NamedSharding``, ``jax.pmap``), the parallel context a
+step receives, and the batch helpers that give the same numbers under both.
 
-Both present the same interface to the loop, take this process's share of every global batch, and
-keep checkpoints in one format (the state as one host-equivalent pytree), so a run may be resumed
-under the other backend.
+Both backends present the same interface to the loop, take this process's share of every global
+batch, and keep checkpoints in one format (the state as one host-equivalent pytree), so a run may be
+resumed under the other backend or on another number of devices.
 
-* :class:`JitBackend` — a 1-D mesh with axis ``'data'``; the state is replicated, the batch is split
-  on its leading axis. Written for multi-host: each process passes only its local rows and
-  :func:`jax.make_array_from_process_local_data` assembles the global array. The step sees the
-  global batch, so means over the batch are already global (``axis_name=None``).
+* :class:`JitBackend` — a 1-D mesh with axis ``'data'`` over every device of every process; the
+  state is replicated, the batch is split on its leading axis. Each process passes only its local
+  rows and :func:`jax.make_array_from_process_local_data` assembles the global array. The step sees
+  the global batch: one shard, ``parallel.axis_name is None``.
 * :class:`PmapBackend` — the state is replicated along a leading device axis, the local batch is
-  reshaped to ``(local_devices, per_device, ...)`` and the task averages gradients, batch statistics
-  and metrics over ``axis_name='data'`` with :func:`cross_replica_mean`.
+  reshaped to ``(local_devices, per_device, ...)``; the step sees one device's rows and reduces over
+  ``parallel.axis_name`` (across processes too: pmap's axis spans every device of the job).
+
+A step never branches on the backend itself: it calls :func:`cross_replica_mean` on gradients and
+per-shard means, :func:`global_mean` / :func:`roll_batch` on activations, and passes
+``parallel.axis_name`` to layers that take one (``flax.linen.BatchNorm``). Under ``jit`` these are
+plain array operations on the global batch; under ``pmap`` collectives over the device axis.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -29,25 +37,98 @@ DATA_AXIS = "data"
 BACKENDS = ("jit", "pmap")
 
 
-def cross_replica_mean(tree: PyTree, axis_name: str | None) -> PyTree:
-    """``lax.pmean`` over ``axis_name`` under pmap; the identity under jit (``axis_name=None``)."""
-    if axis_name is None:
-        return tree
-    return jax.lax.pmean(tree, axis_name)
+@dataclasses.dataclass(frozen=True)
+class ParallelContext:
+    """Where a step runs: static, so a compiled step closes over it.
+
+    Attributes:
+      axis_name: the device axis to reduce over (``'data'`` under pmap); None under jit, where the
+        step's arrays are the global batch and reductions over rows are global already.
+      num_shards: how many pieces the step's batch is one of: 1 under jit (it holds every row), the
+        number of devices under pmap.
+      num_devices: devices the global batch is split over (both backends); per-device semantics
+        (:func:`roll_batch` with ``per_device=True``) depends on it.
+    """
+
+    axis_name: str | None = None
+    num_shards: int = 1
+    num_devices: int = 1
+
+    def shard_index(self) -> jax.Array:
+        """This shard's index in ``[0, num_shards)``: ``lax.axis_index`` under pmap, 0 under jit."""
+        if self.axis_name is None:
+            return jnp.zeros((), jnp.int32)
+        return jax.lax.axis_index(self.axis_name)
 
 
-def cross_replica_sum(tree: PyTree, axis_name: str | None) -> PyTree:
-    """``lax.psum`` over ``axis_name`` under pmap; the identity under jit (``axis_name=None``)."""
-    if axis_name is None:
+SINGLE_DEVICE = ParallelContext()
+"""The context of a plain (unsharded) call: tests, reports, benchmarks."""
+
+
+def cross_replica_mean(tree: PyTree, parallel: ParallelContext) -> PyTree:
+    """The mean over shards of per-shard values (gradients, per-shard metric means).
+
+    ``lax.pmean`` under pmap; the identity under jit, whose step already sees the global batch.
+    Every shard holds the same number of rows, so the mean of shard means is the global mean.
+    """
+    if parallel.axis_name is None:
         return tree
-    return jax.lax.psum(tree, axis_name)
+    return jax.lax.pmean(tree, parallel.axis_name)
+
+
+def cross_replica_sum(tree: PyTree, parallel: ParallelContext) -> PyTree:
+    """The sum over shards of per-shard values (counts, sums of an evaluator's statistics)."""
+    if parallel.axis_name is None:
+        return tree
+    return jax.lax.psum(tree, parallel.axis_name)
+
+
+def global_mean(x: jax.Array, parallel: ParallelContext) -> jax.Array:
+    """The mean over the rows (leading axis) of the global batch, e.g. a batch statistic."""
+    return cross_replica_mean(jnp.mean(x, axis=0), parallel)
+
+
+def roll_batch(
+    x: jax.Array, shift: int, parallel: ParallelContext, *, per_device: bool = False
+) -> jax.Array:
+    """``jnp.roll(x, shift, axis=0)`` over the rows of the **global** batch, on any backend.
+
+    Row ``i`` of the result is global row ``i − shift`` (cyclically): with ``shift=1`` it is
+    ``x_{i−1}``, the positive-noise paper's shift. Under jit this is ``jnp.roll`` on the global
+    array; under pmap each device receives the rows it needs from its neighbours with
+    ``lax.ppermute``, so both give bit-identical results for any device count.
+
+    ``per_device=True`` rolls within each device's rows instead (the batch is cut into
+    ``parallel.num_devices`` contiguous pieces, each rolled on its own): the result then depends on
+    the device count. Both backends give the same numbers for the same device count.
+    """
+    if per_device:
+        if parallel.axis_name is not None:
+            return jnp.roll(x, shift, axis=0)
+        pieces = x.reshape(parallel.num_devices, -1, *x.shape[1:])
+        return jnp.roll(pieces, shift, axis=1).reshape(x.shape)
+    if parallel.axis_name is None:
+        return jnp.roll(x, shift, axis=0)
+    rows, devices = x.shape[0], parallel.num_shards
+    device_hops, row_shift = divmod(shift % (rows * devices), rows)
+
+    def from_device_behind(hops: int) -> jax.Array:
+        if hops % devices == 0:
+            return x
+        pairs = [(source, (source + hops) % devices) for source in range(devices)]
+        return jax.lax.ppermute(x, parallel.axis_name, pairs)
+
+    near = from_device_behind(device_hops)
+    if row_shift == 0:
+        return near
+    far = from_device_behind(device_hops + 1)
+    return jnp.concatenate([far[rows - row_shift :], near[: rows - row_shift]], axis=0)
 
 
 class JitBackend:
     """``jax.jit`` over a ``('data',)`` mesh of every device of every process."""
 
     name = "jit"
-    axis_name = None
 
     def __init__(self, devices: list[jax.Device] | None = None):
         devices = list(devices or jax.devices())
@@ -60,6 +141,7 @@ class JitBackend:
         )
         self.replicated = NamedSharding(self.mesh, P())
         self.batch_sharding = NamedSharding(self.mesh, P(DATA_AXIS))
+        self.parallel = ParallelContext(None, 1, self.num_devices)
 
     def put_state(self, state: PyTree) -> PyTree:
         return jax.device_put(state, self.replicated)
@@ -78,42 +160,58 @@ class JitBackend:
         )
 
     def host_state(self, state: PyTree) -> PyTree:
-        """The state as orbax saves it and as host-side reports read it."""
+        """The state as orbax saves it (global arrays: orbax coordinates the processes)."""
         return state
 
     def init(self, init_fn: Callable[..., PyTree], *args: Any) -> PyTree:
         return jax.jit(init_fn, out_shardings=self.replicated)(*args)
 
     def compile_train_step(self, train_step: Callable) -> Callable:
-        step = functools.partial(train_step, axis_name=None)
+        """``(state, batch) -> (state, metrics)``; compiles on its first call."""
         return jax.jit(
-            step,
+            functools.partial(train_step, parallel=self.parallel),
             in_shardings=(self.replicated, self.batch_sharding),
             out_shardings=(self.replicated, self.replicated),
             donate_argnums=(0,),
         )
 
     def compile_eval_step(self, eval_step: Callable) -> Callable:
-        step = functools.partial(eval_step, axis_name=None)
+        """``(state, batch) -> metrics``."""
         return jax.jit(
-            step,
+            functools.partial(eval_step, parallel=self.parallel),
             in_shardings=(self.replicated, self.batch_sharding),
             out_shardings=self.replicated,
         )
 
+    def compile_accumulate(self, update: Callable) -> Callable:
+        """An evaluator's ``(state, accumulator, batch) -> accumulator``, accumulator donated."""
+        return jax.jit(
+            functools.partial(update, parallel=self.parallel),
+            in_shardings=(self.replicated, self.replicated, self.batch_sharding),
+            out_shardings=self.replicated,
+            donate_argnums=(1,),
+        )
+
     def host_metrics(self, metrics: PyTree) -> dict[str, float]:
-        return {k: float(v) for k, v in jax.device_get(metrics).items()}
+        return {k: float(v.addressable_data(0)) for k, v in metrics.items()}
 
 
 class PmapBackend:
-    """``jax.pmap`` over this process's devices, with gradients averaged by the task."""
+    """``jax.pmap`` over every device of the job (each process drives its local ones)."""
 
     name = "pmap"
-    axis_name = DATA_AXIS
 
     def __init__(self, devices: list[jax.Device] | None = None):
-        self.local_devices = list(devices or jax.local_devices())
-        self.num_devices = jax.device_count() if devices is None else len(self.local_devices)
+        # Explicit devices (one process: tests, benchmarks) restrict the run; by default pmap spans
+        # every device of every process, so its collectives are global.
+        self.pmap_devices = list(devices) if devices is not None else None
+        self.local_devices = (
+            [d for d in devices if d.process_index == jax.process_index()]
+            if devices is not None
+            else jax.local_devices()
+        )
+        self.num_devices = len(devices) if devices is not None else jax.device_count()
+        self.parallel = ParallelContext(DATA_AXIS, self.num_devices, self.num_devices)
         # The leading (device) axis of pmap's inputs, laid out as pmap expects it.
         self.device_axis = NamedSharding(
             jax.sharding.Mesh(np.array(self.local_devices), (DATA_AXIS,)), P(DATA_AXIS)
@@ -151,22 +249,36 @@ class PmapBackend:
         return jax.tree.map(split, local_batch)
 
     def host_state(self, state: PyTree) -> PyTree:
-        """Device 0's copy (all copies are equal: every update is cross-replica averaged)."""
-        return jax.tree.map(lambda leaf: leaf[0], state)
+        """The first local device's copy (all copies are equal: updates are cross-replica)."""
+        return jax.tree.map(_first_local_copy, state)
 
     def init(self, init_fn: Callable[..., PyTree], *args: Any) -> PyTree:
-        return self.put_state(jax.jit(init_fn)(*args))
+        return self.put_state(jax.device_get(jax.jit(init_fn)(*args)))
+
+    def _pmap(self, fn: Callable, **kwargs: Any) -> Callable:
+        return jax.pmap(
+            functools.partial(fn, parallel=self.parallel),
+            axis_name=DATA_AXIS,
+            devices=self.pmap_devices,
+            **kwargs,
+        )
 
     def compile_train_step(self, train_step: Callable) -> Callable:
-        step = functools.partial(train_step, axis_name=DATA_AXIS)
-        return jax.pmap(step, axis_name=DATA_AXIS, devices=self.local_devices, donate_argnums=(0,))
+        return self._pmap(train_step, donate_argnums=(0,))
 
     def compile_eval_step(self, eval_step: Callable) -> Callable:
-        step = functools.partial(eval_step, axis_name=DATA_AXIS)
-        return jax.pmap(step, axis_name=DATA_AXIS, devices=self.local_devices)
+        return self._pmap(eval_step)
+
+    def compile_accumulate(self, update: Callable) -> Callable:
+        return self._pmap(update, donate_argnums=(1,))
 
     def host_metrics(self, metrics: PyTree) -> dict[str, float]:
-        return {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
+        return {k: float(_first_local_copy(v)) for k, v in metrics.items()}
+
+
+def _first_local_copy(leaf: jax.Array) -> np.ndarray:
+    """The value on the first local device of a pmap output (its shard keeps the device axis)."""
+    return np.asarray(leaf.addressable_data(0))[0]
 
 
 Backend = JitBackend | PmapBackend
@@ -179,13 +291,3 @@ def make_backend(name: str, devices: list[jax.Device] | None = None) -> Backend:
     if name == "pmap":
         return PmapBackend(devices)
     raise ValueError(f"parallel backend {name!r} is unknown; allowed: {', '.join(BACKENDS)}")
-
-
-def maybe_initialize_distributed(enabled: bool) -> None:
-    """``jax.distributed.initialize()`` for multi-host launches (SLURM, TPU pods, ...).
-
-    The cluster is auto-detected from the environment (``SLURM_*``, TPU metadata, or
-    ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``).
-    """
-    if enabled:
-        jax.distributed.initialize()

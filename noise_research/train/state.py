@@ -6,11 +6,15 @@ Tasks with several optimizers (a GAN's generator and discriminator, EMA weights)
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import optax
+
+from noise_research.train.parallel import ParallelContext, cross_replica_mean
 
 PyTree = Any
 
@@ -67,3 +71,36 @@ class TrainState:
     def variables(self) -> PyTree:
         """All variable collections, as ``module.apply`` takes them."""
         return {"params": self.params, **self.model_state}
+
+
+def init_train_state(
+    model: nn.Module,
+    rng: jax.Array,
+    example_input: jax.Array,
+    tx: optax.GradientTransformation,
+    *,
+    transient_collections: Sequence[str] = (),
+    **init_kwargs: Any,
+) -> TrainState:
+    """``model.init`` on one example and the optimizer state: a fresh single-optimizer run.
+
+    ``rng`` is split into the init's ``'params'`` and ``'noise'`` keys and the state's root key.
+    Collections a forward pass recreates on every call (sown penalties, intermediates) are
+    ``transient_collections``: they are not state.
+    """
+    params_key, noise_key, root_key = jax.random.split(rng, 3)
+    variables = model.init({"params": params_key, "noise": noise_key}, example_input, **init_kwargs)
+    variables = {k: v for k, v in variables.items() if k not in transient_collections}
+    return TrainState.create(variables=variables, tx=tx, rng=root_key)
+
+
+def apply_mean_gradients(
+    state: TrainState,
+    grads: PyTree,
+    metrics: Mapping[str, jax.Array],
+    parallel: ParallelContext,
+    **changes: Any,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """The tail of a step: gradients and metrics averaged over the shards, one optimizer update."""
+    grads = cross_replica_mean(grads, parallel)
+    return state.apply_gradients(grads, **changes), cross_replica_mean(dict(metrics), parallel)
