@@ -2,9 +2,18 @@
 # A Cloud TPU pod slice: the same command on every worker; jax.distributed.initialize() finds the
 # pod from TPU metadata. WORKDIR must be shared storage (e.g. gs://bucket/run, which orbax writes).
 #   launch/tpu_pod.sh TPU_NAME ZONE configs/halftone/nib_unet.py gs://bucket/runs/nib_unet
+# Every argument reaches the workers' shell quoted (printf %q), so override values may hold spaces
+# or shell characters.
 set -euo pipefail
-tpu=${1:?usage: launch/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [--config.key=value ...]}
-zone=${2:?}; config=${3:?}; workdir=${4:?}
+if (($# < 4)); then
+  echo "usage: launch/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [--config.key=value ...]" >&2
+  exit 2
+fi
+tpu=$1
+zone=$2
+config=$3
+workdir=$4
 shift 4
+printf -v arguments ' %q' --multihost --config "$config" --workdir "$workdir" "$@"
 gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --worker=all --command \
-  "cd ~/noise_research && python -m noise_research.main --multihost --config $config --workdir $workdir $*"
+  "cd ~/noise_research && python -m noise_research.main$arguments"
