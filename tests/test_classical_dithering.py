@@ -134,11 +134,16 @@ def test_ordered_dither_whitens_the_expected_count_per_tile():
 
 
 def test_floyd_steinberg_keeps_the_tone_of_a_megapixel_image():
+    """Every pixel's error is passed on in full (7 + 3 + 5 + 1 = 16 sixteenths), so
+    sum(halftone − gray) is minus the error pushed out of the image, at most about one pixel's
+    error (|e| ≤ 1) per border pixel: |mean(halftone) − mean(gray)| ≤ (H + W) / (H W). The tones
+    are not symmetric about 0 (mean −0.3), so plain thresholding is far off (by 0.13)."""
     # Its speed (about 10 ms for 1024² on a CPU) is measured by `python -m noise_research.bench
     # halftone`, not here.
-    gray = np.random.default_rng(4).uniform(-1.0, 1.0, size=(1024, 1024)).astype(np.float32)
+    side = 1024
+    gray = np.random.default_rng(4).uniform(-1.0, 0.4, size=(side, side)).astype(np.float32)
     halftone = floyd_steinberg(gray)
-    assert abs(halftone.mean() - gray.mean()) < 0.01
+    assert abs(float(halftone.mean()) - float(gray.mean())) < 2 * side / side**2
 
 
 @pytest.mark.parametrize(

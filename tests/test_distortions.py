@@ -157,15 +157,35 @@ def test_blurs_and_noise_keep_a_constant_image():
 
 
 def test_luma_noise_keeps_chroma_and_cbcr_noise_keeps_luma():
-    mid_gray = jnp.full((1, 16, 16, 3), 0.5)  # far from 0 and 1, so no clipping at strength 1
-    to_ycbcr = distortions._RGB_TO_YCBCR.T
+    """Checked against BT.601 itself, not the module's matrix: Y = 0.299 R + 0.587 G + 0.114 B,
+    Cb = (B − Y) / 1.772 and Cr = (R − Y) / 1.402 (1.772 = 2 (1 − 0.114), 1.402 = 2 (1 − 0.299)).
+    Noise on Y alone keeps B − Y and R − Y, so it adds the same amount to R, G and B; noise on
+    Cb and Cr alone keeps Y. Both use the same std, Cb and Cr independently: with one key, the
+    Y, Cb and Cr changes are three independent draws of one normal distribution."""
+    mid_gray = jnp.full((1, 128, 128, 3), 0.5)  # far from 0 and 1, so no clipping at strength 1
     key = _rbg_key(4)
-    luma_noisy = np.asarray(distortions.luma_noise(mid_gray, 1, key)) @ to_ycbcr
-    chroma_noisy = np.asarray(distortions.cbcr_noise(mid_gray, 1, key)) @ to_ycbcr
-    np.testing.assert_allclose(luma_noisy[..., 1:], 0.0, atol=1e-5)
-    assert luma_noisy[..., 0].std() > 0.02
-    np.testing.assert_allclose(chroma_noisy[..., 0], 0.5, atol=1e-5)
-    assert chroma_noisy[..., 1:].std() > 0.02
+    luma_change = np.asarray(distortions.luma_noise(mid_gray, 1, key), np.float64) - 0.5
+    chroma_change = np.asarray(distortions.cbcr_noise(mid_gray, 1, key), np.float64) - 0.5
+
+    def bt601_ycbcr(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        luma = rgb @ np.array([0.299, 0.587, 0.114])
+        return (
+            luma.ravel(),
+            (rgb[..., 2] - luma).ravel() / 1.772,
+            (rgb[..., 0] - luma).ravel() / 1.402,
+        )
+
+    np.testing.assert_allclose(luma_change[..., 0], luma_change[..., 1], atol=1e-5)
+    np.testing.assert_allclose(luma_change[..., 2], luma_change[..., 1], atol=1e-5)
+    luma_noise_y = bt601_ycbcr(luma_change)[0]
+    chroma_noise_y, chroma_noise_cb, chroma_noise_cr = bt601_ycbcr(chroma_change)
+    np.testing.assert_allclose(chroma_noise_y, 0.0, atol=1e-5)
+    assert luma_noise_y.std() > 0.02
+    np.testing.assert_allclose(
+        [chroma_noise_cb.std(), chroma_noise_cr.std()], luma_noise_y.std(), rtol=0.04
+    )
+    # 128² draws: the sample correlation of independent draws is within ±0.04 (5 σ).
+    assert abs(np.corrcoef(chroma_noise_cb, chroma_noise_cr)[0, 1]) < 0.04
 
 
 def test_targeted_occlusion_blacks_out_the_most_salient_cells(clean_images):

@@ -48,9 +48,19 @@ def test_inspect_hlo_prints_stablehlo(capsys):
     assert "tensor<2xui32>" in hlo_part  # the stationary noise key travels as plain uint32 data
 
 
-def test_inspect_default_shape_and_list(capsys):
-    assert inspect.main(["nib_grid"]) == 0
-    assert "f32[1,32,32,1]" in capsys.readouterr().out
+@pytest.mark.parametrize("name", ["nib_grid", "halftone_resnet"])
+def test_inspect_without_shape_traces_the_blocks_own_example_input(name, capsys):
+    """No --shape: the block is traced at the example input its registry factory gives, i.e.
+    exactly what --shape with that shape prints."""
+    default_shape = tuple(get_block(name)(None)[1].shape)
+    assert inspect.main([name]) == 0
+    printed = capsys.readouterr().out
+    assert f"f32[{','.join(map(str, default_shape))}]" in printed
+    assert inspect.main([name, "--shape", ",".join(map(str, default_shape))]) == 0
+    assert capsys.readouterr().out == printed
+
+
+def test_inspect_list_prints_every_registered_name(capsys):
     assert inspect.main(["--list"]) == 0
     assert capsys.readouterr().out.split() == list(block_names())
 

@@ -361,10 +361,15 @@ def test_dorefa_conv_is_conv_of_quantized_input_and_binary_kernel():
     assert np.abs(gradient["kernel"]).sum() > 0
 
 
-def test_registered_blocks_build_and_run():
+def test_registered_blocks_build_and_run_at_the_requested_shape():
     for name in ("sf", "pow", "hpow", "sf_pow", "dorefa"):
         module, example_input, rng_names = get_block(name)((1, 6, 6, 2))
         assert rng_names == ()
+        assert example_input.shape == (1, 6, 6, 2)
+        if name == "dorefa":
+            assert isinstance(module, DoReFaConv)
+        else:
+            assert module.quantization == name
         inputs = np.ones(example_input.shape, example_input.dtype)
         outputs = jax.jit(lambda x, m=module: m.apply(m.init(jax.random.key(0), x), x))(inputs)
-        chex.assert_shape(outputs, (1, 6, 6, 16))
+        chex.assert_shape(outputs, (1, 6, 6, module.features))  # 'SAME' padding, stride 1

@@ -4,6 +4,7 @@ cross-device BatchNorm."""
 import functools
 
 import chex
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ import pytest
 
 from noise_research.inspect import block_apply
 from noise_research.models import ResidualBlock, ResNet, resnet_places
+from noise_research.registry import get_block
 
 
 def _abstract_init_with_output(model: ResNet, shape: tuple[int, ...], train: bool = False):
@@ -213,10 +215,22 @@ def test_last_batch_norm_of_each_branch_starts_at_zero_scale(bottleneck, last_no
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_registered_blocks_trace_in_evaluation_mode(name):
-    apply, (variables, inputs, rngs) = block_apply(name)
-    assert inputs.shape == (1, 32, 32, 3)
-    logits = jax.eval_shape(apply, variables, inputs, rngs)
-    chex.assert_shape(logits, (1, 10))
+    """The registered block is its ResNet in evaluation mode: it traces without a mutable
+    'batch_stats' (training mode would update them) and maps any requested input shape to
+    (batch, num_classes) logits."""
+    module, example_input, _ = get_block(name)(None)
+    num_classes = module.resnet.num_classes
+    assert module.resnet.depth == int(name.removeprefix("resnet"))
+    for shape in (None, (3, 16, 16, 3)):
+        apply, (variables, inputs, rngs) = block_apply(name, shape)
+        assert inputs.shape == (shape or example_input.shape)
+        assert set(variables) == {"params", "batch_stats"}
+        logits = jax.eval_shape(apply, variables, inputs, rngs)
+        chex.assert_shape(logits, (inputs.shape[0], num_classes))
+    # The same ResNet in training mode cannot be applied like that: it updates 'batch_stats'.
+    resnet_variables = {collection: tree["resnet"] for collection, tree in variables.items()}
+    with pytest.raises(flax.errors.ModifyScopeVariableError, match="batch_stats"):
+        jax.eval_shape(functools.partial(module.resnet.apply, train=True), resnet_variables, inputs)
 
 
 @pytest.mark.multidevice

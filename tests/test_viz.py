@@ -64,20 +64,35 @@ def test_image_grid_value_range_and_bad_arguments(tmp_path):
         save_image_grid(tmp_path / "x.png", [np.zeros((4, 4))], ncols=0)
 
 
-@pytest.mark.parametrize("logy", [False, True])
-def test_line_plot_is_a_png_of_the_documented_size(tmp_path, logy):
-    freqs = np.linspace(0.01, 0.5, 32)
-    path = save_line_plot(
-        tmp_path / "plots" / f"raps_{logy}.png",
-        {"white noise": (freqs, np.ones_like(freqs)), "blue noise": (freqs, freqs**2 + 1e-3)},
-        xlabel="frequency (cycles/pixel)",
-        ylabel="power",
-        title="RAPS",
-        logy=logy,
-    )
+def _colored_pixel_count(path) -> int:
+    """Pixels of a saturated colour (the curves); axes, text and grid are black or gray."""
     with Image.open(path) as png:
-        assert png.format == "PNG"
-        assert png.size == LINE_PLOT_SIZE_PX
+        rgb = np.asarray(png.convert("RGB"), dtype=np.int64)
+    return int(np.count_nonzero(rgb.max(axis=-1) - rgb.min(axis=-1) > 80))
+
+
+@pytest.mark.parametrize("logy", [False, True])
+def test_line_plot_draws_each_curve_on_a_png_of_the_documented_size(tmp_path, logy):
+    freqs = np.linspace(0.01, 0.5, 32)
+    curves = {"white noise": (freqs, np.ones_like(freqs)), "blue noise": (freqs, freqs**2 + 1e-3)}
+    paths = {}
+    for count in (1, 2):
+        paths[count] = save_line_plot(
+            tmp_path / "plots" / f"raps_{logy}_{count}.png",
+            dict(list(curves.items())[:count]),
+            xlabel="frequency (cycles/pixel)",
+            ylabel="power",
+            title="RAPS" if count == 1 else "a much longer title " * 3,
+            logy=logy,
+        )
+    for path in paths.values():
+        with Image.open(path) as png:
+            assert png.format == "PNG"
+            # The advertised size, whatever the content (no tight bounding box).
+            assert png.size == LINE_PLOT_SIZE_PX
+    one_curve = _colored_pixel_count(paths[1])
+    assert one_curve > 200, one_curve  # the curve was drawn
+    assert _colored_pixel_count(paths[2]) > one_curve + 200  # and so was the second one
 
 
 def test_line_plot_rejects_mismatched_curve(tmp_path):
