@@ -1,4 +1,5 @@
-"""Trainers: one module per task, each with ``config_rules()`` and ``build(config) -> Task``.
+"""Trainers: one module per task, each with its config ``SECTIONS`` (name -> section class),
+``config_rules()`` and ``build(config) -> Task``.
 
 Modules are imported on demand, so a task's heavier dependencies load only when it runs.
 """
