@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 import chex
 import jax
@@ -210,3 +213,37 @@ def test_report_writes_pictures_and_comparison_table(tmp_path):
         np.testing.assert_allclose(
             [markdown[method][key] for key in row], list(row.values()), rtol=1e-3, err_msg=method
         )
+
+
+def test_the_halftoner_trains_where_grain_tfds_and_ml_collections_are_absent(tmp_path):
+    """The GPU machine has none of them: the comic halftoner must train through the loop."""
+    script = f"""
+import dataclasses, sys
+class Absent:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("grain", "tensorflow_datasets", "ml_collections"):
+            raise ImportError(name)
+sys.meta_path.insert(0, Absent())
+import jax
+from noise_research.tasks import halftone
+from noise_research.train.loop import LoopConfig, train
+
+def values(section):
+    return {{f.name: values(v) if dataclasses.is_dataclass(v := getattr(section, f.name)) else v
+            for f in dataclasses.fields(section)}}
+
+config = {{"task": "halftone", **{{k: values(s()) for k, s in halftone.SECTIONS.items()}}}}
+config["train"].update(num_steps=2, final_report=False, progress=False, async_checkpoints=False)
+config["data"].update(crop_size=16, batch_size=2, constant_batch_size=2)
+config["model"].update(width=4)
+config["model"]["nib"]["stationary"] = False
+config["eval"].update(image_size=16, batch_size=2, num_batches=1)
+result = train(halftone.build(config), LoopConfig(**config["train"]), {str(tmp_path)!r})
+assert result.step == 2, result
+assert not {{"grain", "tensorflow_datasets", "ml_collections"}} & set(sys.modules)
+"""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    completed = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]

@@ -17,7 +17,9 @@ halftoning").
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from typing import Protocol, runtime_checkable
@@ -181,6 +183,31 @@ def default_num_workers(num_workers: int | None) -> int:
     return check_integer(os.cpu_count() or 1 if num_workers is None else num_workers, "num_workers")
 
 
+class _BackgroundBatches:
+    """`batch(step)` for the steps of a range, built one step ahead on a background thread."""
+
+    def __init__(self, batch: Callable[[int], Batch], steps: range) -> None:
+        self._make_batch = batch
+        self._steps = iter(steps)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._ahead = [self._pool.submit(batch, step) for step in itertools.islice(self._steps, 2)]
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+    def __next__(self) -> Batch:
+        if not self._ahead:
+            raise StopIteration
+        future = self._ahead.pop(0)
+        step = next(self._steps, None)
+        if step is not None:
+            self._ahead.append(self._pool.submit(self._make_batch, step))
+        return future.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 def worker_batches(
     batch: Callable[[int], Batch], steps: range, num_workers: int
 ) -> Iterator[Batch]:
@@ -192,9 +219,11 @@ def worker_batches(
     threads: decoding and augmenting an image holds the GIL for part of its time, which caps one
     process at a few thousand images/s however many cores it has. `batch` is a bound method of
     a picklable source (cloudpickle), loaded once per worker. With `num_workers = 0` the batches
-    are built on one background thread of this process. Close the iterator (or drop it) to stop
-    the workers.
+    are built two steps ahead on one background thread of this process (grain is then not
+    needed). Close the iterator (or drop it) to stop the workers.
     """
+    if num_workers == 0:
+        return _BackgroundBatches(batch, steps)
     import grain
     from absl import flags
 
@@ -202,11 +231,7 @@ def worker_batches(
         flags.FLAGS.mark_as_parsed()
     batches = grain.MapDataset.range(steps.start, steps.stop).map(batch)
     one_at_a_time = grain.ReadOptions(num_threads=1, prefetch_buffer_size=WORKER_PREFETCH_BATCHES)
-    pipeline = batches.to_iter_dataset(one_at_a_time)
-    if num_workers > 0:
-        pipeline = pipeline.mp_prefetch(
-            grain.MultiprocessingOptions(
-                num_workers=num_workers, per_worker_buffer_size=WORKER_PREFETCH_BATCHES
-            )
-        )
-    return iter(pipeline)
+    options = grain.MultiprocessingOptions(
+        num_workers=num_workers, per_worker_buffer_size=WORKER_PREFETCH_BATCHES
+    )
+    return iter(batches.to_iter_dataset(one_at_a_time).mp_prefetch(options))

@@ -9,7 +9,6 @@ continues exactly as the uninterrupted run would have, on any backend and device
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -23,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from noise_research import config_schema as cs
-from noise_research.data.base import BatchSource
+from noise_research.data.base import BatchSource, worker_batches
 from noise_research.tasks.base import Task
 from noise_research.train.checkpoint import Checkpointer
 from noise_research.train.metric_writer import MetricWriter
@@ -78,40 +77,12 @@ class LoopResult:
     resumed_from: int | None
 
 
-class _Prefetcher:
-    """Builds the host batches of the next steps on a background thread, in step order."""
-
-    def __init__(self, source: BatchSource, start: int, stop: int, depth: int = 2):
-        self._source = source
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-        self._futures = {
-            step: self._pool.submit(source.batch, step)
-            for step in range(start, min(stop, start + depth))
-        }
-        self._next, self._stop, self._depth = start, stop, depth
-
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        step = self._next
-        future = self._futures.pop(step, None) or self._pool.submit(self._source.batch, step)
-        ahead = step + self._depth
-        if ahead < self._stop and ahead not in self._futures:
-            self._futures[ahead] = self._pool.submit(self._source.batch, ahead)
-        self._next += 1
-        return future.result()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
 def host_batches(source: BatchSource, start: int, stop: int) -> Iterator[dict[str, np.ndarray]]:
     """``source.batch(start), source.batch(start + 1), …``: from the source's own parallel pipeline
-    when it has one (``iterate``), else prefetched on a background thread."""
+    when it has one (``iterate``), else built ahead on a background thread."""
     if hasattr(source, "iterate"):
         return source.iterate(start)
-    return _Prefetcher(source, start, stop)
+    return worker_batches(source.batch, range(start, stop), num_workers=0)
 
 
 def to_numpy(state: PyTree) -> PyTree:
