@@ -160,10 +160,21 @@ def differences(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[tuple
 
 
 def unknown_key_message(key: str, value: Any, known: Mapping[str, Any] | list[str]) -> str:
-    """``config.<key> = <value>: unknown key; did you mean config.<closest>?``."""
-    close = difflib.get_close_matches(key, list(known), n=1)
-    hint = f"; did you mean config.{close[0]}?" if close else ""
-    return f"config.{key} = {value!r}: unknown key{hint}"
+    """``config.<key> = <value>: unknown key; did you mean config.<closest>?``, or, with nothing
+    close, the keys the config has at that level. A key under a known section is matched against
+    that section's keys, a misspelt section against every key."""
+    parent, _, leaf = key.rpartition(".")
+    prefix = f"{parent}." if parent else ""
+    siblings = sorted({k[len(prefix) :].split(".")[0] for k in known if k.startswith(prefix)})
+    if siblings:
+        close = [prefix + name for name in difflib.get_close_matches(leaf, siblings, n=1)]
+    else:
+        close = difflib.get_close_matches(key, list(known), n=1)
+    if close:
+        return f"config.{key} = {value!r}: unknown key; did you mean config.{close[0]}?"
+    where = f"config.{parent}" if parent else "the config"
+    listed = f"; {where} has: {', '.join(siblings)}" if siblings else ""
+    return f"config.{key} = {value!r}: unknown key{listed}"
 
 
 def validate(config: Mapping[str, Any], rules: Mapping[str, Rule], *, num_devices: int) -> None:
@@ -182,16 +193,26 @@ def validate(config: Mapping[str, Any], rules: Mapping[str, Rule], *, num_device
             )
 
 
-def setting(default: Any, rule: Rule, doc: str, *, placeholder: type | None = None) -> Any:
+def setting(
+    default: Any,
+    rule: Rule,
+    doc: str,
+    *,
+    placeholder: type | None = None,
+    resumable: bool = False,
+) -> Any:
     """Declares a config key: its ``default``, its ``rule`` and its meaning ``doc``, side by side.
 
     A key whose default is None gives the type of the values it takes as ``placeholder`` (the
-    command line then accepts ``--config.key=value`` for it).
+    command line then accepts ``--config.key=value`` for it). A ``resumable`` key may change when
+    a run resumes (a cadence, the progress bar, an evaluation-only setting): it does not change
+    what the run trains. Any other change is refused on resume (see ``train.workdir``).
     """
     if default is None and placeholder is None:
         raise TypeError("a setting whose default is None needs placeholder=<type>")
     return dataclasses.field(
-        default=default, metadata={"rule": rule, "doc": doc, "placeholder": placeholder}
+        default=default,
+        metadata={"rule": rule, "doc": doc, "placeholder": placeholder, "resumable": resumable},
     )
 
 
@@ -227,6 +248,16 @@ def experiment_rules(sections: Mapping[str, Any], **top_level: Rule) -> dict[str
     for name, section in sections.items():
         rules.update(section_rules(name, section))
     return rules
+
+
+def resumable_keys(sections: Mapping[str, Any]) -> set[str]:
+    """The dotted keys of ``sections`` declared ``resumable`` (free to change on resume)."""
+    return {
+        key
+        for name, section in sections.items()
+        for key, field in _leaf_fields(name, section)
+        if field.metadata["resumable"]
+    }
 
 
 def describe_keys(prefix: str, section: Any) -> dict[str, str]:

@@ -98,8 +98,10 @@ class ToyTask(Task):
         dynamic_noise: float = 0.0,
         sigterm_at_step: int | None = None,
         mix_batch: bool = False,
+        learning_rate: float | optax.Schedule = 0.05,
     ):
         self.batch_size = batch_size
+        self.learning_rate = learning_rate
         self.dynamic_noise = dynamic_noise
         self.sigterm_at_step = sigterm_at_step
         self.mix_batch = mix_batch
@@ -122,7 +124,7 @@ class ToyTask(Task):
             self.model(ParallelContext()),
             rng,
             x,
-            optax.sgd(0.05, momentum=0.9),
+            optax.sgd(self.learning_rate, momentum=0.9),
             positions=jnp.asarray(example_batch["position"]),
             train=False,
         )

@@ -82,6 +82,7 @@ class Task:
     """What the train loop needs from a trainer; see the module docstring."""
 
     config: Mapping[str, Any] = {}
+    sections: Mapping[str, Any] = {}  # the task module's SECTIONS: what config's keys mean
     num_eval_batches: int = 0
 
     def init(self, rng: jax.Array, example_batch: Batch) -> PyTree:
@@ -121,6 +122,26 @@ class Task:
 
     def warm_start(self, state: PyTree) -> PyTree:
         return state
+
+    def keys_free_on_resume(self) -> set[str]:
+        """Config keys whose value may differ from the checkpointed run's when it resumes.
+
+        The keys its sections declare ``resumable`` (cadences, progress, evaluation-only
+        settings), ``mode``, and ``train.num_steps`` when no learning-rate schedule of the task
+        depends on it (a constant rate: training longer is the same run, extended).
+        """
+        from noise_research.config_schema import read_section, resumable_keys
+        from noise_research.train.optim import OptimizerConfig, schedule_depends_on_num_steps
+
+        keys = resumable_keys(self.sections) | {"mode"}
+        schedules = [
+            read_section(OptimizerConfig, self.config[name])
+            for name, section in self.sections.items()
+            if section is OptimizerConfig or isinstance(section, OptimizerConfig)
+        ]
+        if not any(map(schedule_depends_on_num_steps, schedules)):
+            keys.add("train.num_steps")
+        return keys
 
     def run_mode(self, mode: str, state: PyTree, workdir: str, step: int) -> dict[str, float]:
         raise ConfigError(f"config.mode = {mode!r}: this task has no evaluation modes")

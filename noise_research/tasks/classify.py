@@ -100,6 +100,7 @@ class ClassifyData:
         cs.optional(cs.integer(minimum=0)),
         "processes building TFDS batches; None: one per CPU core; 0: a thread of this process",
         placeholder=int,
+        resumable=True,
     )
 
 
@@ -199,7 +200,11 @@ class RobustnessConfig:
     """The ``robustness`` section: the distortion benchmark (``mode='robustness'``)."""
 
     model_name: str | None = cs.setting(
-        None, cs.optional(cs.text()), "Table 2 row name; None: from the model", placeholder=str
+        None,
+        cs.optional(cs.text()),
+        "Table 2 row name; None: from the model",
+        placeholder=str,
+        resumable=True,
     )
     saliency_workdir: str | None = cs.setting(
         None,
@@ -207,8 +212,9 @@ class RobustnessConfig:
         "a run whose model gives the targeted occlusion's saliency (the paper: a plain "
         "ResNet-18); None: the evaluated model",
         placeholder=str,
+        resumable=True,
     )
-    seed: int = cs.setting(0, cs.integer(minimum=0), "seed of the distortions")
+    seed: int = cs.setting(0, cs.integer(minimum=0), "seed of the distortions", resumable=True)
 
 
 SECTIONS = {
@@ -316,6 +322,8 @@ def quantizing_conv(quantizer: QuantizerConfig) -> type[nn.Module] | functools.p
 
 class ClassifyTask(Task):
     """Train / eval steps of the classifier (see the module docstring)."""
+
+    sections = SECTIONS
 
     def __init__(self, config: Mapping[str, Any]):
         self.config = config

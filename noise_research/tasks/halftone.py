@@ -81,6 +81,7 @@ class HalftoneData:
         "processes building training batches; None: one per CPU core for a TFDS set, none "
         "(a thread of this process) for the comics; 0: a thread of this process",
         placeholder=int,
+        resumable=True,
     )
 
 
@@ -313,6 +314,8 @@ def build(config: Mapping[str, Any]) -> HalftoneTask:
 
 class HalftoneTask(Task):
     """Train / eval steps and the report of the halftoning experiment (see the module docstring)."""
+
+    sections = SECTIONS
 
     def __init__(self, config: Mapping[str, Any]):
         self.config = config

@@ -5,12 +5,14 @@ tree whatever the parallel backend) and ``meta`` (JSON: the step, the data posit
 Saves are asynchronous — the next training steps run while the files are written — and atomic:
 orbax writes into a temporary folder and renames it when complete, so an interrupted save leaves no
 checkpoint that looks finished. A finished checkpoint whose files are later damaged is reported when
-it fails to restore, and the previous good one is used instead.
+it fails to restore, and the previous good one is used instead; the train loop then moves the
+damaged one aside (``train.workdir``), so the steps retrained after it are saved again.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orbax.checkpoint as ocp
@@ -18,6 +20,7 @@ from etils import epath
 
 PyTree = Any
 log = logging.getLogger(__name__)
+_META_ONLY = ocp.args.Composite(meta=ocp.args.JsonRestore())
 
 
 class Checkpointer:
@@ -26,6 +29,7 @@ class Checkpointer:
     def __init__(self, directory: str, *, save_every: int, keep: int, async_save: bool = True):
         self.directory = epath.Path(directory).absolute()
         self.save_every = save_every
+        self.damaged: list[int] = []  # steps that failed to restore, newest first
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -35,9 +39,13 @@ class Checkpointer:
             ),
         )
 
+    def due(self, step: int) -> bool:
+        """Whether ``step`` is a save step."""
+        return step % self.save_every == 0
+
     def save(self, step: int, state: PyTree, meta: dict[str, Any], *, force: bool = False) -> bool:
         """Starts saving ``state`` if ``step`` is a save step (or ``force``); returns whether."""
-        if step % self.save_every and not force:
+        if not (force or self.due(step)):
             return False
         return self.manager.save(
             step,
@@ -47,13 +55,27 @@ class Checkpointer:
             force=force,
         )
 
-    def restore_latest(self, abstract_state: PyTree) -> tuple[PyTree, dict[str, Any]] | None:
+    def restore_latest(
+        self,
+        abstract_state: PyTree,
+        check_meta: Callable[[dict[str, Any]], None] | None = None,
+    ) -> tuple[PyTree, dict[str, Any]] | None:
         """The newest checkpoint that restores cleanly, as ``(state, meta)``; None if there is none.
 
         ``abstract_state`` is a pytree of ``jax.ShapeDtypeStruct`` (with shardings where the state
-        lives on several devices), e.g. ``jax.eval_shape(task.init, ...)``.
+        lives on several devices), e.g. ``jax.eval_shape(task.init, ...)``. ``check_meta`` sees
+        each candidate's meta before its state is read and may refuse it by raising (a run
+        whose config differs). The steps that failed to restore are in :attr:`damaged`.
         """
+        self.damaged = []
         for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                meta = dict(self.manager.restore(step, args=_META_ONLY).meta)
+            except Exception as error:
+                self._report_damaged(step, error)
+                continue
+            if check_meta is not None:
+                check_meta(meta)
             try:
                 restored = self.manager.restore(
                     step,
@@ -63,17 +85,27 @@ class Checkpointer:
                     ),
                 )
             except Exception as error:
-                log.warning(
-                    "checkpoint at step %d in %s could not be restored (%s: %s); "
-                    "trying the previous one",
-                    step,
-                    self.directory,
-                    type(error).__name__,
-                    str(error).splitlines()[0] if str(error) else "",
-                )
+                self._report_damaged(step, error)
                 continue
-            return restored.state, dict(restored.meta)
+            return restored.state, meta
         return None
+
+    def _report_damaged(self, step: int, error: Exception) -> None:
+        self.damaged.append(step)
+        log.warning(
+            "checkpoint at step %d in %s could not be restored (%s: %s); trying the previous one",
+            step,
+            self.directory,
+            type(error).__name__,
+            str(error).splitlines()[0] if str(error) else "",
+        )
+
+    def step_path(self, step: int) -> str:
+        return str(self.directory / str(step))
+
+    def reload(self) -> None:
+        """Re-reads the checkpoint folders (after some were moved away)."""
+        self.manager.reload()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

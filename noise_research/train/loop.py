@@ -9,15 +9,18 @@ continues exactly as the uninterrupted run would have, on any backend and device
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -28,10 +31,23 @@ from noise_research.train.checkpoint import Checkpointer
 from noise_research.train.metric_writer import MetricWriter
 from noise_research.train.parallel import BACKENDS, make_backend
 from noise_research.train.preemption import PreemptionGuard
+from noise_research.train.workdir import (
+    ON_CONFIG_CHANGE,
+    WorkdirLock,
+    config_change,
+    record_config,
+    set_aside,
+    set_aside_run,
+)
 
 PyTree = Any
 log = logging.getLogger(__name__)
 WEIGHT_KEY = "weight"  # see average_metrics()
+WINDOW_STEPS_KEY = "window_steps"  # how many steps a train record averages
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the state stopped being finite; nothing was saved after the last good step."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,23 +62,41 @@ class LoopConfig:
         "jit",
         cs.one_of(*BACKENDS),
         "'jit' (NamedSharding on a 'data' mesh axis) or 'pmap'; both give the same run",
+        resumable=True,
     )
-    log_every: int = cs.setting(100, cs.integer(minimum=1), "steps between train-metric lines")
-    eval_every: int = cs.setting(5_000, cs.integer(minimum=1), "steps between evaluations")
+    log_every: int = cs.setting(
+        100, cs.integer(minimum=1), "steps between train-metric lines", resumable=True
+    )
+    eval_every: int = cs.setting(
+        5_000, cs.integer(minimum=1), "steps between evaluations", resumable=True
+    )
     report_every: int = cs.setting(
-        0, cs.integer(minimum=0), "steps between pictures and tables; 0: only at the end"
+        0,
+        cs.integer(minimum=0),
+        "steps between pictures and tables; 0: only at the end",
+        resumable=True,
     )
     final_report: bool = cs.setting(
-        True, cs.boolean(), "pictures and tables when training ends (False: sweeps, tests)"
+        True,
+        cs.boolean(),
+        "pictures and tables when training ends (False: sweeps, tests)",
+        resumable=True,
     )
     checkpoint_every: int = cs.setting(
-        5_000, cs.integer(minimum=1), "steps between checkpoints (one is always saved at the end)"
+        5_000,
+        cs.integer(minimum=1),
+        "steps between checkpoints (one is always saved at the end)",
+        resumable=True,
     )
-    keep_checkpoints: int = cs.setting(3, cs.integer(minimum=1), "newest checkpoints kept")
+    keep_checkpoints: int = cs.setting(
+        3, cs.integer(minimum=1), "newest checkpoints kept", resumable=True
+    )
     async_checkpoints: bool = cs.setting(
-        True, cs.boolean(), "write checkpoints while the next steps run"
+        True, cs.boolean(), "write checkpoints while the next steps run", resumable=True
     )
-    progress: bool = cs.setting(True, cs.boolean(), "a progress bar with steps/s and the loss")
+    progress: bool = cs.setting(
+        True, cs.boolean(), "a progress bar with steps/s and the loss", resumable=True
+    )
 
 
 @dataclasses.dataclass
@@ -75,6 +109,7 @@ class LoopResult:
     report_metrics: dict[str, float]
     preempted: bool
     resumed_from: int | None
+    already_finished: bool = False  # the workdir's run had reached num_steps: nothing was done
 
 
 def host_batches(source: BatchSource, start: int, stop: int) -> Iterator[dict[str, np.ndarray]]:
@@ -153,8 +188,75 @@ def train(
     workdir: str,
     *,
     devices: list[jax.Device] | None = None,
+    on_config_change: str = "refuse",
 ) -> LoopResult:
-    """Trains ``task`` for ``config.num_steps`` steps in ``workdir``, resuming if it can."""
+    """Trains ``task`` for ``config.num_steps`` steps in ``workdir``, resuming if it can.
+
+    The chief process holds the workdir's lock for the whole run. A checkpointed run whose config
+    differs from ``task.config`` in a key that is not free on resume (``Task.keys_free_on_resume``)
+    is refused (ConfigError) unless ``on_config_change`` is ``'resume'`` (continue it with the new
+    values) or ``'restart'`` (set it aside and start over). A run already at ``num_steps`` does
+    nothing. A loss (at log steps) or a state (before each save) that is not finite raises
+    :class:`TrainingDiverged` without saving, so the checkpoints kept are the good ones.
+    """
+    if on_config_change not in ON_CONFIG_CHANGE:
+        raise ValueError(
+            f"on_config_change must be one of {ON_CONFIG_CHANGE}, not {on_config_change!r}"
+        )
+    with _claim_workdir(workdir):
+        return _train(task, config, workdir, devices, on_config_change)
+
+
+@contextlib.contextmanager
+def _claim_workdir(workdir: str) -> Iterator[None]:
+    """Process 0 holds the workdir lock within the block; every process learns whether it could."""
+    lock = WorkdirLock(workdir)
+    problem = None
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        try:
+            lock.__enter__()
+        except cs.ConfigError as error:
+            problem = error
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        taken = multihost_utils.broadcast_one_to_all(np.int32(problem is None))
+        if not taken and problem is None:
+            problem = cs.ConfigError(f"{workdir} is in use by another run (process 0 says which)")
+    if problem is not None:
+        raise problem
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _sync(name: str) -> None:
+    """Waits until every process gets here (the chief changed files the others read)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+@jax.jit
+def _all_finite(tree: PyTree) -> jax.Array:
+    finite = [
+        jnp.all(jnp.isfinite(leaf))
+        for leaf in jax.tree.leaves(tree)
+        if jnp.issubdtype(leaf.dtype, jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(finite)) if finite else jnp.bool_(True)
+
+
+def _train(
+    task: Task,
+    config: LoopConfig,
+    workdir: str,
+    devices: list[jax.Device] | None,
+    on_config_change: str,
+) -> LoopResult:
     backend = make_backend(config.parallel, devices)
     process_index, process_count = jax.process_index(), jax.process_count()
     is_chief = process_index == 0
@@ -167,31 +269,57 @@ def train(
     }
     root_rng = jax.random.PRNGKey(config.seed)
     example_batch = train_source.batch(0)
+    run_config = json_config(task.config)
 
+    if on_config_change == "restart":
+        if is_chief and (moved := set_aside_run(workdir)):
+            log.warning("the earlier run in %s is set aside in %s; starting over", workdir, moved)
+        _sync("earlier run set aside")
     checkpointer = Checkpointer(
         os.path.join(workdir, "checkpoints"),
         save_every=config.checkpoint_every,
         keep=config.keep_checkpoints,
         async_save=config.async_checkpoints,
     )
-    abstract_state = backend.abstract_state(jax.eval_shape(task.init, root_rng, example_batch))
-    restored = checkpointer.restore_latest(abstract_state)
-    if restored is None:
-        state = backend.init(task.init, root_rng, example_batch)
-        state = backend.put_state(task.warm_start(to_numpy(backend.host_state(state))))
-        start_step, resumed_from = 0, None
-    else:
-        restored_state, meta = restored
-        state = backend.put_state(restored_state)
-        start_step = resumed_from = int(meta["data_position"])
-        log.info("resumed from the checkpoint at step %d in %s", start_step, checkpointer.directory)
-
-    train_steps = {kind: backend.compile_train_step(fn) for kind, fn in task.train_steps().items()}
-    eval_step = backend.compile_eval_step(task.eval_step)
-    accumulate = {
-        name: backend.compile_accumulate(evaluator.update) for name, evaluator in evaluators.items()
-    }
-    writer = MetricWriter(workdir, resume_step=start_step)
+    try:  # until the loop's own try: a refused config, a bad metrics file
+        state, resumed_from, changed = _restore_or_init(
+            task, backend, checkpointer, workdir, on_config_change, root_rng, example_batch
+        )
+        start_step = resumed_from or 0
+        if start_step >= config.num_steps:
+            checkpointer.close()
+            log.warning(
+                "the run in %s is finished: its checkpoint is at step %d and train.num_steps = "
+                "%d; nothing to train, nothing written",
+                workdir,
+                start_step,
+                config.num_steps,
+            )
+            return LoopResult(
+                state=to_numpy(backend.host_state(state)),
+                step=start_step,
+                train_metrics={},
+                eval_metrics={},
+                evaluations={},
+                report_metrics={},
+                preempted=False,
+                resumed_from=resumed_from,
+                already_finished=True,
+            )
+        if is_chief:
+            record_config(workdir, run_config, start_step, changed)
+        train_steps = {
+            kind: backend.compile_train_step(fn) for kind, fn in task.train_steps().items()
+        }
+        eval_step = backend.compile_eval_step(task.eval_step)
+        accumulate = {
+            name: backend.compile_accumulate(evaluator.update)
+            for name, evaluator in evaluators.items()
+        }
+        writer = MetricWriter(workdir, resume_step=start_step)
+    except BaseException:
+        checkpointer.close()
+        raise
 
     def evaluate(state: PyTree) -> dict[str, float]:
         per_batch = [
@@ -209,14 +337,32 @@ def train(
         writer.write(step, name, result)
         return result
 
+    def diverged(step: int, what: str) -> TrainingDiverged:
+        checkpointer.wait()
+        last_good = checkpointer.latest_step()
+        kept = (
+            f"the last good checkpoint is step {last_good} in {checkpointer.directory}"
+            if last_good is not None
+            else "no checkpoint was saved"
+        )
+        return TrainingDiverged(
+            f"step {step}: {what} is not finite (NaN or inf), so training stopped without saving; "
+            f"{kept} (lower optimizer.learning_rate, or check the data)"
+        )
+
     def save(state: PyTree, step: int, *, force: bool) -> None:
+        if not (force or checkpointer.due(step)):
+            return
+        host_state = backend.host_state(state)
+        if not bool(_all_finite(host_state)):
+            raise diverged(step, "the model state")
         meta = {
             "step": step,
             "data_position": step,
             "backend": backend.name,
-            "config": json_config(task.config),
+            "config": run_config,
         }
-        checkpointer.save(step, backend.host_state(state), meta, force=force)
+        checkpointer.save(step, host_state, meta, force=force)
 
     step = start_step
     train_metrics: dict[str, float] = {}
@@ -224,12 +370,7 @@ def train(
     evaluations: dict[str, dict[str, float]] = {}
     report_metrics: dict[str, float] = {}
     history: list[PyTree] = []
-    # A finished run (resumed at its last step) starts no input workers.
-    batches = (
-        host_batches(train_source, start_step, config.num_steps)
-        if step < config.num_steps
-        else iter(())
-    )
+    batches = host_batches(train_source, start_step, config.num_steps)
     last_log_time, last_log_step = time.perf_counter(), start_step
     bar = tqdm(
         total=config.num_steps,
@@ -250,6 +391,7 @@ def train(
                 bar.update(1)
                 if step % config.log_every == 0 or step == config.num_steps:
                     train_metrics = average_metrics([backend.host_metrics(m) for m in history])
+                    train_metrics[WINDOW_STEPS_KEY] = float(len(history))
                     history.clear()
                     now = time.perf_counter()
                     train_metrics["steps_per_second"] = (step - last_log_step) / (
@@ -258,6 +400,10 @@ def train(
                     last_log_time, last_log_step = now, step
                     writer.write(step, "train", train_metrics)
                     bar.set_postfix(_progress_postfix(train_metrics))
+                    losses = _losses(train_metrics)  # the total first, if the task has one
+                    for name, value in sorted(losses.items(), key=lambda kv: kv[0] != "loss"):
+                        if not math.isfinite(value):
+                            raise diverged(step, f"the train {name} ({value})")
                 if step < config.num_steps:
                     if step % config.eval_every == 0:
                         eval_metrics = evaluate(state)
@@ -308,6 +454,68 @@ def train(
     )
 
 
+def _restore_or_init(
+    task: Task,
+    backend: Any,
+    checkpointer: Checkpointer,
+    workdir: str,
+    on_config_change: str,
+    root_rng: jax.Array,
+    example_batch: dict[str, np.ndarray],
+) -> tuple[PyTree, int | None, list[tuple[str, Any, Any]]]:
+    """``(state, step resumed from or None, config keys changed since the checkpoint)``.
+
+    Refuses a checkpointed run of another config (:func:`train.workdir.config_change`), sets the
+    checkpoints that fail to restore aside, and says in one line when it starts afresh.
+    """
+    is_chief = jax.process_index() == 0
+    run_config = json_config(task.config)
+    changed: list[tuple[str, Any, Any]] = []
+
+    def check_config(meta: dict[str, Any]) -> None:
+        nonlocal changed
+        if "config" in meta:
+            changed = config_change(
+                meta["config"],
+                run_config,
+                task.keys_free_on_resume(),
+                workdir=workdir,
+                step=int(meta["step"]),
+                on_config_change=on_config_change,
+            )
+
+    abstract_state = backend.abstract_state(jax.eval_shape(task.init, root_rng, example_batch))
+    restored = checkpointer.restore_latest(abstract_state, check_config)
+    if checkpointer.damaged:
+        _sync("damaged checkpoints found")
+        if is_chief:
+            for step in checkpointer.damaged:
+                where = set_aside(workdir, [checkpointer.step_path(step)], f"damaged-step{step}")
+                log.warning("the damaged checkpoint of step %d is kept in %s", step, where)
+        _sync("damaged checkpoints set aside")
+        checkpointer.reload()
+    if restored is not None:
+        restored_state, meta = restored
+        step = int(meta["data_position"])
+        if changed:
+            log.warning(
+                "resuming with a changed config (recorded in config_changes.jsonl): %s",
+                ", ".join(f"{key}: {before!r} -> {now!r}" for key, before, now in changed),
+            )
+        log.info("resumed from the checkpoint at step %d in %s", step, checkpointer.directory)
+        return backend.put_state(restored_state), step, changed
+    if checkpointer.damaged:
+        log.warning(
+            "no checkpoint in %s restores (%d damaged, set aside): starting afresh at step 0",
+            checkpointer.directory,
+            len(checkpointer.damaged),
+        )
+    else:
+        log.info("starting a new run in %s", workdir)
+    state = backend.init(task.init, root_rng, example_batch)
+    return backend.put_state(task.warm_start(to_numpy(backend.host_state(state)))), None, []
+
+
 def _pick(train_steps: dict[str, Any], kind: str, step: int) -> Any:
     if kind not in train_steps:
         raise ValueError(
@@ -317,9 +525,14 @@ def _pick(train_steps: dict[str, Any], kind: str, step: int) -> Any:
     return train_steps[kind]
 
 
+def _losses(metrics: dict[str, float]) -> dict[str, float]:
+    """The ``loss`` and every ``*_loss`` (a multi-kind task's) of a record."""
+    return {k: v for k, v in metrics.items() if k == "loss" or k.endswith("_loss")}
+
+
 def _progress_postfix(metrics: dict[str, float]) -> dict[str, str]:
     """The loss (or each ``*loss`` of a multi-kind task) for the progress bar."""
-    losses = {k: v for k, v in metrics.items() if k == "loss" or k.endswith("_loss")}
+    losses = _losses(metrics)
     shown = {"loss": losses["loss"]} if "loss" in losses else losses
     return {name: f"{value:.4f}" for name, value in list(shown.items())[:3]}
 

@@ -3,16 +3,43 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 
 import jax
 
+from noise_research.config_schema import ConfigError
+
+log = logging.getLogger(__name__)
+
 
 def read_metrics(workdir: str, split: str | None = None) -> list[dict[str, float]]:
-    """The records of ``workdir/metrics.jsonl``, optionally only those of one ``split``."""
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    """The records of ``workdir/metrics.jsonl``, optionally only those of one ``split``.
+
+    A last line cut off mid-write (a killed process) is skipped with a warning; any other line
+    that is not a record raises ConfigError naming the file and the line.
+    """
+    path = os.path.join(workdir, "metrics.jsonl")
+    with open(path) as f:
+        lines = f.read().split("\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not {"step", "split"} <= record.keys():
+                raise ValueError("not a {step, split, ...} record")
+        except ValueError as error:
+            if number == len(lines):  # no newline after it: the write was cut off
+                log.warning("%s: skipping its last line, cut off mid-write: %.60r", path, line)
+                continue
+            raise ConfigError(
+                f"{path}, line {number}: not a metrics record ({error}); move the file aside "
+                "to go on (the checkpoints do not need it)"
+            ) from None
+        records.append(record)
     return [r for r in records if split is None or r["split"] == split]
 
 

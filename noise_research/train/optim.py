@@ -104,6 +104,12 @@ def learning_rate_schedule(config: OptimizerConfig, num_steps: int) -> optax.Sch
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after_warmup], [warmup])
 
 
+def schedule_depends_on_num_steps(config: OptimizerConfig) -> bool:
+    """Whether the learning rate at a step depends on the run's length (cosine and step drops
+    are placed relative to ``train.num_steps``; a constant rate after the warm-up is not)."""
+    return config.schedule != "constant"
+
+
 def make_optimizer(config: OptimizerConfig, num_steps: int) -> optax.GradientTransformation:
     """The optax transformation of an ``optimizer`` section for a run of ``num_steps`` steps."""
     schedule = learning_rate_schedule(config, num_steps)
