@@ -47,6 +47,7 @@ from noise_research.data.sample_images import SAMPLE_IMAGE_NAMES, sample_images
 from noise_research.data.tfds_images import (
     DatasetNotPreparedError,
     TfdsImageBatches,
+    TfdsInputError,
     gray_random_crop,
     open_array_record_source,
     open_encoded_image_source,
@@ -63,6 +64,7 @@ __all__ = [
     "ProcessSlice",
     "TfdsClassificationBatches",
     "TfdsImageBatches",
+    "TfdsInputError",
     "apply_distortion",
     "augmentation_rng",
     "comic_image",

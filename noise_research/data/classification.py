@@ -39,7 +39,7 @@ import functools
 import io
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -54,7 +54,13 @@ from noise_research.data.base import (
     default_num_workers,
     worker_batches,
 )
-from noise_research.data.tfds_images import open_encoded_image_source
+from noise_research.data.tfds_images import (
+    TfdsInputError,
+    check_image_feature,
+    check_label_feature,
+    errors_named_by,
+    open_encoded_image_source,
+)
 
 DIGITS_NATIVE_SIZE = 8
 DIGITS_NUM_CLASSES = 10
@@ -371,7 +377,16 @@ class TfdsClassificationBatches:
     `MapDataset.shuffle` costs about 37 ms / N per example of an N-example split, 0.15 ms for
     the benchmark's 256 records, and `random_map` 0.04 ms, both holding the GIL; the numpy
     permutation is computed once per epoch.) A data set that is not prepared in array_record
-    format raises `DatasetNotPreparedError`.
+    format raises `DatasetNotPreparedError`; an unknown data set, split or feature, images that
+    are not uint8 gray or RGB (`tfds_images.IMAGES_EXPECTED`) and labels that are not integers
+    raise `TfdsInputError` (a `ConfigError`) when the source is built.
+
+    Labels are checked on the data: with `label_limit` (the model's class count), a batch
+    holding a label outside [0, label_limit) raises `TfdsInputError` naming the data set, split,
+    example and label, in `batch` and so from `iterate`'s workers too (a numpy comparison per
+    batch). Without it the data set's `ClassLabel` count bounds the labels, if it has one.
+    `config_keys` maps the arguments (`name`, `split`, `data_dir`, `label_limit`, ...) to the
+    config keys that set them, for the errors to name.
 
     `iterate(start_step)` yields the batches of `batch` built by `num_workers` processes
     (`worker_batches`; default: one per CPU core): each builds whole batches on one core, so
@@ -381,6 +396,8 @@ class TfdsClassificationBatches:
       num_examples: examples in the split.
       num_batches: global batches that cover the split once (the evaluation loop's length).
       num_classes: the label feature's class count (None if it is not a `ClassLabel`).
+      label_limit: labels must lie in [0, label_limit): the `label_limit` argument, else
+        `num_classes` (None: no bound known, labels unchecked).
       small_images: whether the small-image augmentation is used.
       num_workers: processes of `iterate` (0: a thread of this process).
     """
@@ -400,6 +417,8 @@ class TfdsClassificationBatches:
         process_index: int | None = None,
         process_count: int | None = None,
         num_workers: int | None = None,
+        label_limit: int | None = None,
+        config_keys: Mapping[str, str] | None = None,
     ) -> None:
         self.process_slice = ProcessSlice(global_batch_size, process_index, process_count)
         self.global_batch_size = self.process_slice.global_batch_size
@@ -410,30 +429,38 @@ class TfdsClassificationBatches:
         self.seed = check_seed(seed)
         self.num_workers = default_num_workers(num_workers)
 
-        data_source = open_encoded_image_source(name, split, data_dir, image_key)
-        features = data_source.dataset_info.features
-        if label_key not in features:
-            raise ValueError(
-                f"label_key={label_key!r} is not a feature of TFDS dataset {name!r}; "
-                f"its features are {sorted(features.keys())}."
-            )
-        self.num_examples = len(data_source)
-        if self.num_examples == 0:
-            raise ValueError(f"split {split!r} of TFDS dataset {name!r} is empty.")
+        self.config_keys = dict(config_keys or {})
+        with errors_named_by(self.config_keys):
+            data_source = open_encoded_image_source(name, split, data_dir, image_key)
+            features = data_source.dataset_info.features
+            check_label_feature(features, name, label_key)
+            self.num_examples = len(data_source)
+            if self.num_examples == 0:
+                raise TfdsInputError(
+                    [("split", split)], f"TFDS dataset {name!r} has no examples in it"
+                )
+            check_image_feature(features, name, image_key, data_source[0][image_key])
         self.num_batches = math.ceil(self.num_examples / self.global_batch_size)
         # A ClassLabel feature knows its class count; another integer label feature does not.
         self.num_classes = getattr(features[label_key], "num_classes", None)
+        if label_limit is None:
+            self.label_limit, self._label_limit_argument = self.num_classes, "label_key"
+        else:
+            self.label_limit = check_integer(label_limit, "label_limit", 1)
+            self._label_limit_argument = "label_limit"
         self.small_images = _has_small_images(data_source, image_key)
         self._data_source = data_source
 
-    def _example(self, position: int) -> tuple[np.ndarray, int]:
-        """The (image_size², 3) uint8 view and the label of the example at global `position`."""
+    def _index(self, position: int) -> int:
+        """The split's index of the example at global `position`."""
         if self.train:
             epoch, offset = divmod(position, self.num_examples)
-            index = epoch_permutation(self.seed, epoch, self.num_examples)[offset]
-        else:
-            index = position % self.num_examples
-        example = self._data_source[int(index)]
+            return int(epoch_permutation(self.seed, epoch, self.num_examples)[offset])
+        return position % self.num_examples
+
+    def _example(self, position: int) -> tuple[np.ndarray, int]:
+        """The (image_size², 3) uint8 view and the label of the example at global `position`."""
+        example = self._data_source[self._index(position)]
         image = open_image(example[self.image_key])
         if self.train:
             rng = augmentation_rng(self.seed, position)
@@ -442,20 +469,53 @@ class TfdsClassificationBatches:
             crop = eval_preprocessing(image, self.image_size, self.small_images)
         return crop, int(example[self.label_key])
 
+    def _check_labels(self, labels: np.ndarray, positions: np.ndarray) -> None:
+        """Raises `TfdsInputError` at the first label outside [0, label_limit)."""
+        limit = self.label_limit
+        if limit is None:
+            return
+        outside = np.flatnonzero((labels < 0) | (labels >= limit))
+        if outside.size == 0:
+            return
+        row = int(outside[0])
+        position = int(positions[row])
+        subject = (
+            ("label_limit", limit)
+            if self._label_limit_argument == "label_limit"
+            else ("label_key", self.label_key)
+        )
+        raise TfdsInputError(
+            [subject],
+            f"TFDS dataset {self.name!r} split {self.split!r} example {self._index(position)} "
+            f"(global position {position}) has label {int(labels[row])}; every label must be in "
+            f"[0, {limit})",
+            self.config_keys,
+        )
+
     def batch(self, step: int) -> Batch:
-        """This process's examples for `step` (training) or evaluation batch `step`."""
+        """This process's examples for `step` (training) or evaluation batch `step`.
+
+        Raises:
+          TfdsInputError: a label of the batch lies outside [0, label_limit).
+        """
         if not self.train:
             check_integer(step, "step", 0, self.num_batches - 1)
         positions = np.asarray(self.process_slice.global_positions(step), np.int32)
         images = np.empty((len(positions), self.image_size, self.image_size, 3), np.uint8)
-        labels = np.empty(len(positions), np.int32)
+        labels = np.empty(len(positions), np.int64)
         for row, position in enumerate(positions):
             images[row], labels[row] = self._example(int(position))
+        self._check_labels(labels, positions)
         if self.train:
             mask = np.ones(len(positions), np.float32)
         else:
             mask = _eval_mask(positions, self.num_examples)
-        return {"image": images, "label": labels, "mask": mask, "position": positions}
+        return {
+            "image": images,
+            "label": labels.astype(np.int32),
+            "mask": mask,
+            "position": positions,
+        }
 
     def iterate(self, start_step: int) -> Iterator[Batch]:
         """`batch(start_step)`, `batch(start_step + 1)`, ... built by `num_workers` processes

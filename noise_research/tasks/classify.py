@@ -367,11 +367,20 @@ class ClassifyTask(Task):
         if data.name == "digits":
             source = DigitsBatches(**common)
         else:
+            split_key = "data.train_split" if train else "data.eval_split"
             source = TfdsClassificationBatches(
                 data.name,
                 split=data.train_split if train else data.eval_split,
                 data_dir=data.data_dir,
                 num_workers=data.input_workers,
+                # Labels are checked on every batch: a label the model has no class for stops.
+                label_limit=self.model_config.num_classes,
+                config_keys={
+                    "name": "data.name",
+                    "split": split_key,
+                    "data_dir": "data.data_dir",
+                    "label_limit": "model.num_classes",
+                },
                 **common,
             )
         self._check_against_data(source)

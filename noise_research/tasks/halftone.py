@@ -359,6 +359,12 @@ class HalftoneTask(Task):
                 data_dir=data.data_dir,
                 image_key=data.image_key,
                 num_workers=data.input_workers,
+                config_keys={
+                    "name": "data.name",
+                    "split": "data.split",
+                    "data_dir": "data.data_dir",
+                    "image_key": "data.image_key",
+                },
                 **common,
             )
             num_workers = images.num_workers
