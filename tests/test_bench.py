@@ -1,4 +1,5 @@
-"""The benchmark command runs end to end and writes its JSON (tiny sizes; no timing asserted)."""
+"""The benchmark command: it runs end to end from outside the checkout and writes its JSON (tiny
+sizes; no timing asserted); a bad option stops it with one line before anything runs."""
 
 from __future__ import annotations
 
@@ -6,22 +7,39 @@ import json
 import subprocess
 import sys
 
-from tests.test_main_cli import ROOT
+import pytest
+
+from noise_research.bench import __main__ as bench
+from noise_research.bench import classify as classify_bench
+from noise_research.bench import halftone as halftone_bench
+from noise_research.bench import input as input_bench
+
+EVEN_BATCH = (
+    "it must be an even integer >= 2: a halftoning step takes half comic crops, half "
+    "constant-gray images"
+)
+
+
+def _bench(cwd, *args: str) -> subprocess.CompletedProcess:
+    """``python -m noise_research.bench ARGS`` run in ``cwd`` (a folder outside the checkout, so
+    the top-level ``configs`` package cannot be imported)."""
+    command = [sys.executable, "-m", "noise_research.bench", *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 def test_halftone_benchmark_writes_json(tmp_path):
     out = tmp_path / "halftone.json"
-    command = [
-        sys.executable, "-m", "noise_research.bench", "halftone", f"--out={out}",
-        "--models=resnet", "--batch-sizes=2", "--size=16", "--width=4", "--repeats=1",
-        "--inference-size=32",
-    ]  # fmt: skip
-    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    completed = _bench(
+        tmp_path, "halftone", f"--out={out}", "--models=resnet", "--batch-sizes=2", "--size=16",
+        "--width=4", "--repeats=1", "--inference-size=32",
+    )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
     payload = json.loads(out.read_text())
     assert payload["environment"]["platform"] == "cpu"
     assert [(r["first_layer"], r["batch"]) for r in payload["train"]] == [("conv", 2), ("nib", 2)]
-    assert all(r["images_per_second"] > 0 for r in payload["train"])
+    for row in payload["train"]:  # the rate counts the images the step put through the network
+        assert row["images_per_step"] == row["batch"]
+        assert row["images_per_second"] == pytest.approx(row["batch"] / row["step_seconds"])
     assert "nib_overhead_percent" in payload["train"][-1]
     methods = [r["method"] for r in payload["inference_1image"]]
     assert methods == ["conv-resnet", "nib-resnet", "floyd_steinberg"]
@@ -29,12 +47,10 @@ def test_halftone_benchmark_writes_json(tmp_path):
 
 def test_classify_benchmark_writes_json_with_overheads(tmp_path):
     out = tmp_path / "classify.json"
-    command = [
-        sys.executable, "-m", "noise_research.bench", "classify", f"--out={out}",
-        "--depths=18", "--variants=none,pow", "--batch=2", "--size=32", "--dtype=float32",
-        "--repeats=1",
-    ]  # fmt: skip
-    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    completed = _bench(
+        tmp_path, "classify", f"--out={out}", "--depths=18", "--variants=none,pow", "--batch=2",
+        "--size=32", "--dtype=float32", "--repeats=1",
+    )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
     payload = json.loads(out.read_text())
     assert [(r["model"], r["variant"]) for r in payload["train"]] == [
@@ -47,12 +63,10 @@ def test_classify_benchmark_writes_json_with_overheads(tmp_path):
 
 def test_input_benchmark_writes_json_with_both_rates(tmp_path):
     out = tmp_path / "input.json"
-    command = [
-        sys.executable, "-m", "noise_research.bench", "input", f"--out={out}",
-        "--num-records=6", "--record-bytes=20000", "--image-size=32", "--batch=4",
-        "--seconds=0.2", "--workers=2",
-    ]  # fmt: skip
-    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    completed = _bench(
+        tmp_path, "input", f"--out={out}", "--num-records=6", "--record-bytes=20000",
+        "--image-size=32", "--batch=4", "--seconds=0.2", "--workers=2",
+    )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
     payload = json.loads(out.read_text())
     assert payload["images_per_second_per_core"] > 0
@@ -61,3 +75,101 @@ def test_input_benchmark_writes_json_with_both_rates(tmp_path):
     assert 15_000 < payload["average_record_bytes"] < 25_000
     assert payload["machine"]["cpu_model"] and payload["machine"]["cpu_cores"] >= 1
     assert payload["settings"]["image_size"] == 32
+
+
+BAD_OPTIONS = [
+    (["halftone", "--batch-sizes=3"], f"--batch-sizes: 3 is not allowed; {EVEN_BATCH}"),
+    (["halftone", "--batch-sizes=a,2"], f"--batch-sizes: 'a' is not an integer; {EVEN_BATCH}"),
+    (["halftone", "--batch-sizes=0"], f"--batch-sizes: 0 is not allowed; {EVEN_BATCH}"),
+    (["halftone", "--batch-sizes=-2"], f"--batch-sizes: -2 is not allowed; {EVEN_BATCH}"),
+    (
+        ["halftone", "--batch-sizes="],
+        "--batch-sizes: '' is not allowed; it must be one value or more, separated by commas",
+    ),
+    (
+        ["halftone", "--size=5"],
+        "--size: config.data.crop_size = 5: not allowed; it must be an integer >= 8",
+    ),
+    (
+        ["halftone", "--models=unet", "--size=24"],
+        "--size: config.data.crop_size = 24: not allowed; it must be an integer >= 8, a "
+        "multiple of 16 with model.name = 'unet' (it halves the image 4 times)",
+    ),
+    (
+        ["halftone", "--models=resnet,foo"],
+        "--models: config.model.name = 'foo': not allowed; it must be one of 'resnet', 'unet'",
+    ),
+    (
+        ["halftone", "--width=0"],
+        "--width: config.model.width = 0: not allowed; it must be an integer >= 1",
+    ),
+    (
+        ["halftone", "--dtype=float16"],
+        "--dtype: config.model.dtype = 'float16': not allowed; it must be one of 'float32', "
+        "'bfloat16'",
+    ),
+    (
+        ["classify", "--variants=none,foo"],
+        "--variants: 'foo' is not allowed; it must be one of 'none', 'sf', 'pow', 'hpow', 'sf_pow'",
+    ),
+    (
+        ["classify", "--depths=19"],
+        "--depths: config.model.depth = 19: not allowed; it must be one of 10, 18, 34, 50, 101",
+    ),
+    (
+        ["classify", "--batch=0"],
+        "--batch: config.data.batch_size = 0: not allowed; it must be a positive integer "
+        "divisible by the device count (1)",
+    ),
+    (["input", "--workers=0"], "--workers: 0 is not allowed; it must be an integer >= 1"),
+    (
+        ["input", "--image-size=4"],
+        "--image-size: config.data.image_size = 4: not allowed; it must be an integer >= 8",
+    ),
+    (
+        ["input", "--out=."],
+        "--out: '.' is a folder; it must be the path of the JSON file to write",
+    ),
+]
+"""A bad option of each kind, and the line it prints after ``error: ``."""
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"), [pytest.param(*case, id=" ".join(case[0])) for case in BAD_OPTIONS]
+)
+def test_a_bad_option_stops_with_one_line_before_the_benchmark_starts(
+    args, expected, monkeypatch, capsys
+):
+    def started(*_, **__):
+        raise AssertionError("the benchmark started")
+
+    # The first work of each benchmark: compiling a train step, writing the JPEGs.
+    monkeypatch.setattr(halftone_bench, "train_images_per_second", started)
+    monkeypatch.setattr(classify_bench, "train_images_per_second", started)
+    monkeypatch.setattr(input_bench, "mock_imagenet_jpegs", started)
+    with pytest.raises(SystemExit) as stopped:
+        bench.main(args)
+    assert stopped.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"error: {expected}"]
+    assert captured.out == ""
+
+
+def test_the_defaults_pass_the_checks():
+    parser = bench.build_parser()
+    halftone = halftone_bench.checked_settings(parser.parse_args(["halftone"]))
+    assert halftone["batch_sizes"] == [2, 4] and halftone["size"] == 64  # the CPU's defaults
+    assert halftone["models"] == ["resnet", "unet"] and halftone["inference_size"] == 1024
+    classify = classify_bench.checked_settings(parser.parse_args(["classify"]))
+    assert classify["depths"] == [18, 50] and classify["batch"] == 8
+    assert input_bench.checked_settings(parser.parse_args(["input"]))["workers"] >= 1
+
+
+def test_a_bad_option_outside_the_checkout_prints_only_its_line(tmp_path):
+    completed = _bench(tmp_path, "halftone", "--size=5", f"--out={tmp_path / 'halftone.json'}")
+    assert completed.returncode == 2
+    assert completed.stderr.splitlines() == [
+        "error: --size: config.data.crop_size = 5: not allowed; it must be an integer >= 8"
+    ]
+    assert completed.stdout == ""
+    assert not (tmp_path / "halftone.json").exists()

@@ -14,34 +14,74 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import jax
 import numpy as np
 
+from noise_research import config_schema as cs
+from noise_research.bench.arguments import (
+    BENCH_DEVICES,
+    allowed_by,
+    comma_separated,
+    default_for_platform,
+    integer,
+    options_named,
+    output_path,
+)
 from noise_research.bench.timing import environment, train_images_per_second, write_json
 from noise_research.layers.quantization import QUANTIZATIONS as VARIANTS
 
+OPTIONS = {
+    "model.depth": "--depths",
+    "model.quantizer.kind": "--variants",
+    "data.batch_size": "--batch",
+    "data.image_size": "--size",
+    "model.dtype": "--dtype",
+    "model.quantizer.where": "--where",
+}
+"""The option that sets each config key the benchmark changes."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="bench_results/classify.json")
-    parser.add_argument("--depths", default="18,50", help="comma separated ResNet depths")
+    """The benchmark's options, on its subcommand's ``parser``."""
+    parser.add_argument("--out", type=output_path, default="bench_results/classify.json")
     parser.add_argument(
-        "--variants", default=",".join(VARIANTS), help=f"comma separated, of {VARIANTS}"
+        "--depths",
+        type=comma_separated(integer),
+        default="18,50",
+        help="comma separated ResNet depths (config.model.depth)",
     )
-    parser.add_argument("--batch", type=int, default=None, help="default 256 (CPU: 8)")
-    parser.add_argument("--size", type=int, default=None, help="image side; default 224 (CPU: 64)")
-    parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
+    parser.add_argument(
+        "--variants",
+        type=comma_separated(allowed_by(cs.one_of(*VARIANTS), str)),
+        default=",".join(VARIANTS),
+        help=f"comma separated, of {', '.join(VARIANTS)}",
+    )
+    parser.add_argument(
+        "--batch", type=integer, default=None, help="config.data.batch_size; default 256 (CPU: 8)"
+    )
+    parser.add_argument(
+        "--size",
+        type=integer,
+        default=None,
+        help="image side (config.data.image_size); default 224 (CPU: 64)",
+    )
+    parser.add_argument("--dtype", default="bfloat16", help="compute dtype (config.model.dtype)")
     parser.add_argument(
         "--where",
         default=None,
-        choices=("3x3", "all"),
-        help="convs the quantizer precedes; default as in the configs: 'all' below ResNet-50",
+        help="convs the quantizer precedes (config.model.quantizer.where); default as in the "
+        "configs: 'all' below ResNet-50, else '3x3'",
     )
     parser.add_argument(
-        "--repeats", type=int, default=None, help="timed steps; default 30 (CPU: 3)"
+        "--repeats",
+        type=allowed_by(cs.integer(minimum=1)),
+        default=None,
+        help="timed steps; default 30 (CPU: 3)",
     )
 
 
-def _task(depth: int, variant: str, batch: int, size: int, dtype: str, where: str | None):
+def _config(depth: int, variant: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The classification config of one measurement: the experiment's, with the benchmark's
+    values."""
     from noise_research.tasks import classify
 
     config = classify.experiment_config(
@@ -49,16 +89,42 @@ def _task(depth: int, variant: str, batch: int, size: int, dtype: str, where: st
         depth=depth,
         stem="imagenet",
         num_classes=1000,
-        image_size=size,
+        image_size=settings["size"],
         variant=variant,
         num_steps=100_000,
         stability_steps=100_000,
     ).to_dict()
-    config["data"]["batch_size"] = batch
-    config["model"]["dtype"] = dtype
-    if where is not None:
-        config["model"]["quantizer"]["where"] = where
-    return classify.build(config)
+    config["data"]["batch_size"] = settings["batch"]
+    config["model"]["dtype"] = settings["dtype"]
+    if settings["where"] is not None:
+        config["model"]["quantizer"]["where"] = settings["where"]
+    return config
+
+
+def checked_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The benchmark's settings (the options; this machine's defaults for those not given), after
+    every config it will build has passed the classification config rules, before anything
+    compiles.
+
+    Raises ``ConfigError`` naming the option, the config key, the value and what is allowed.
+    """
+    from noise_research.tasks import classify
+
+    settings = dict(
+        depths=args.depths,
+        variants=args.variants,
+        batch=default_for_platform(args.batch, accelerator=256, cpu=8),
+        size=default_for_platform(args.size, accelerator=224, cpu=64),
+        dtype=args.dtype,
+        where=args.where,
+        repeats=default_for_platform(args.repeats, accelerator=30, cpu=3),
+    )
+    rules = classify.config_rules()
+    with options_named(OPTIONS):
+        for depth in settings["depths"]:
+            for variant in settings["variants"]:
+                cs.validate(_config(depth, variant, settings), rules, num_devices=BENCH_DEVICES)
+    return settings
 
 
 def _synthetic_batch(batch: int, size: int, num_classes: int) -> dict[str, np.ndarray]:
@@ -72,32 +138,18 @@ def _synthetic_batch(batch: int, size: int, num_classes: int) -> dict[str, np.nd
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    on_cpu = jax.devices()[0].platform == "cpu"
-    depths = [int(d) for d in args.depths.split(",")]
-    variants = args.variants.split(",")
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown:
-        raise SystemExit(
-            f"--variants: {', '.join(unknown)} unknown; allowed: {', '.join(VARIANTS)}"
-        )
-    settings = dict(
-        depths=depths,
-        variants=variants,
-        batch=args.batch or (8 if on_cpu else 256),
-        size=args.size or (64 if on_cpu else 224),
-        dtype=args.dtype,
-        where=args.where,
-        repeats=args.repeats or (3 if on_cpu else 30),
-    )
+    """Runs the benchmark (after :func:`checked_settings`) and writes its JSON to ``--out``;
+    returns the JSON's content."""
+    from noise_research.tasks import classify
+
+    settings = checked_settings(args)
     print(f"classify benchmark on {environment()['device_kind']}: {settings}")
 
     rows = []
-    for depth in depths:
+    for depth in settings["depths"]:
         plain_rate = None
-        for variant in variants:
-            task = _task(
-                depth, variant, settings["batch"], settings["size"], args.dtype, args.where
-            )
+        for variant in settings["variants"]:
+            task = classify.build(_config(depth, variant, settings))
             host_batch = _synthetic_batch(
                 settings["batch"], settings["size"], task.config["model"]["num_classes"]
             )

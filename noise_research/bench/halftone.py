@@ -2,10 +2,11 @@
 
 One training step is the full halftoning step (forward, straight-through binarization, tone /
 quantization / blue-noise losses, backward, Adam) on ``batch`` images: ``batch/2`` comic crops plus
-``batch/2`` constant-gray images, so ``images/s = batch / step time`` counts every image that goes
-through the network, as the PyTorch peer (``shared/bench/peer_torch_halftone.py``) does. On an
-accelerator the defaults are the paper's (width 64, 256², batch 8 and 32); on CPU they shrink so the
-benchmark takes a few minutes; every setting is written to the JSON.
+``batch/2`` constant-gray images, so ``--batch-sizes`` takes even numbers only. ``images/s`` is the
+images of the step's batch over the step time: it counts every image that goes through the network,
+as the PyTorch peer (``shared/bench/peer_torch_halftone.py``) does. On an accelerator the defaults
+are the paper's (width 64, 256², batch 8 and 32); on CPU they shrink so the benchmark takes a few
+minutes; every setting is written to the JSON.
 """
 
 from __future__ import annotations
@@ -17,6 +18,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from noise_research import config_schema as cs
+from noise_research.bench.arguments import (
+    BENCH_DEVICES,
+    allowed_by,
+    comma_separated,
+    default_for_platform,
+    integer,
+    options_named,
+    output_path,
+)
 from noise_research.bench.timing import (
     environment,
     median_seconds,
@@ -24,29 +35,104 @@ from noise_research.bench.timing import (
     write_json,
 )
 
+BATCH_SIZE = cs.Rule(
+    lambda value, context: cs.integer(minimum=2).check(value, context) and value % 2 == 0,
+    "an even integer >= 2: a halftoning step takes half comic crops, half constant-gray images",
+)
+"""What ``--batch-sizes`` allows: the images of one step, ``batch/2`` of each kind."""
+
+OPTIONS = {
+    "data.crop_size": "--size",
+    "data.batch_size": "--batch-sizes",
+    "data.constant_batch_size": "--batch-sizes",
+    "model.name": "--models",
+    "model.width": "--width",
+    "model.dtype": "--dtype",
+    "eval.image_size": "--inference-size",
+}
+"""The option that sets each config key the benchmark changes."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="bench_results/halftone.json")
+    """The benchmark's options, on its subcommand's ``parser``."""
+    parser.add_argument("--out", type=output_path, default="bench_results/halftone.json")
     parser.add_argument(
-        "--batch-sizes", default=None, help="comma separated; default 8,32 (CPU: 2,4)"
+        "--batch-sizes",
+        type=comma_separated(allowed_by(BATCH_SIZE)),
+        default=None,
+        help="images per step, comma separated, each even; default 8,32 (CPU: 2,4)",
     )
-    parser.add_argument("--size", type=int, default=None, help="crop side; default 256 (CPU: 64)")
-    parser.add_argument("--width", type=int, default=None, help="channels; default 64 (CPU: 16)")
-    parser.add_argument("--models", default="resnet,unet")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument(
-        "--repeats", type=int, default=None, help="timed steps; default 30 (CPU: 5)"
+        "--size",
+        type=integer,
+        default=None,
+        help="crop side (config.data.crop_size); default 256 (CPU: 64)",
     )
-    parser.add_argument("--inference-size", type=int, default=1024)
+    parser.add_argument(
+        "--width",
+        type=integer,
+        default=None,
+        help="channels (config.model.width); default 64 (CPU: 16)",
+    )
+    parser.add_argument(
+        "--models",
+        type=comma_separated(str),
+        default="resnet,unet",
+        help="comma separated (config.model.name)",
+    )
+    parser.add_argument("--dtype", default="float32", help="compute dtype (config.model.dtype)")
+    parser.add_argument(
+        "--repeats",
+        type=allowed_by(cs.integer(minimum=1)),
+        default=None,
+        help="timed steps; default 30 (CPU: 5)",
+    )
+    parser.add_argument(
+        "--inference-size",
+        type=integer,
+        default=1024,
+        help="side of the image halftoned at inference (checked as config.eval.image_size)",
+    )
 
 
-def _task(model: str, first_layer: str, batch: int, size: int, width: int, dtype: str):
+def _config(model: str, first_layer: str, batch: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """The halftoning config of one measurement: the experiment's, with the benchmark's values."""
     from noise_research.tasks import halftone
 
     config = halftone.experiment_config(model=model, first_layer=first_layer).to_dict()
-    config["data"].update(crop_size=size, batch_size=batch // 2, constant_batch_size=batch // 2)
-    config["model"].update(width=width, dtype=dtype)
-    return halftone.build(config)
+    config["data"].update(
+        crop_size=settings["size"], batch_size=batch // 2, constant_batch_size=batch // 2
+    )
+    config["model"].update(width=settings["width"], dtype=settings["dtype"])
+    config["eval"]["image_size"] = settings["inference_size"]
+    return config
+
+
+def checked_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The benchmark's settings (the options; this machine's defaults for those not given), after
+    every config it will build has passed the halftoning config rules, before anything compiles.
+
+    Raises ``ConfigError`` naming the option, the config key, the value and what is allowed.
+    """
+    from noise_research.tasks import halftone
+
+    settings = dict(
+        batch_sizes=default_for_platform(args.batch_sizes, accelerator=[8, 32], cpu=[2, 4]),
+        size=default_for_platform(args.size, accelerator=256, cpu=64),
+        width=default_for_platform(args.width, accelerator=64, cpu=16),
+        dtype=args.dtype,
+        repeats=default_for_platform(args.repeats, accelerator=30, cpu=5),
+        models=args.models,
+        inference_size=args.inference_size,
+    )
+    rules = halftone.config_rules()
+    with options_named(OPTIONS):
+        for model in settings["models"]:
+            for first_layer in ("conv", "nib"):
+                for batch in settings["batch_sizes"]:
+                    config = _config(model, first_layer, batch, settings)
+                    cs.validate(config, rules, num_devices=BENCH_DEVICES)
+    return settings
 
 
 def _inference_ms(task, size: int, repeats: int) -> float:
@@ -66,35 +152,26 @@ def _inference_ms(task, size: int, repeats: int) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Runs the benchmark (after :func:`checked_settings`) and writes its JSON to ``--out``;
+    returns the JSON's content."""
     from noise_research.classical import floyd_steinberg
+    from noise_research.tasks import halftone
 
-    on_cpu = jax.devices()[0].platform == "cpu"
-    batch_sizes = [int(b) for b in (args.batch_sizes or ("2,4" if on_cpu else "8,32")).split(",")]
-    size = args.size or (64 if on_cpu else 256)
-    width = args.width or (16 if on_cpu else 64)
-    repeats = args.repeats or (5 if on_cpu else 30)
-    models = args.models.split(",")
-    settings = dict(
-        batch_sizes=batch_sizes,
-        size=size,
-        width=width,
-        dtype=args.dtype,
-        repeats=repeats,
-        models=models,
-        inference_size=args.inference_size,
-    )
+    settings = checked_settings(args)
+    repeats = settings["repeats"]
     print(f"halftone benchmark on {environment()['device_kind']}: {settings}")
 
     train_rows, inference_rows = [], []
-    for model in models:
-        for batch in batch_sizes:
+    for model in settings["models"]:
+        for batch in settings["batch_sizes"]:
             measured = {}
             for first_layer in ("conv", "nib"):
-                task = _task(model, first_layer, batch, size, width, args.dtype)
+                task = halftone.build(_config(model, first_layer, batch, settings))
+                host_batch = task.train_source(0, 1).batch(0)
                 measured[first_layer] = train_images_per_second(
                     task,
-                    task.train_source(0, 1).batch(0),
-                    images_per_step=batch,
+                    host_batch,
+                    images_per_step=len(host_batch["image"]) + len(host_batch["constant"]),
                     repeats=repeats,
                 )
                 train_rows.append(
@@ -110,11 +187,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 measured["conv"]["images_per_second"] / measured["nib"]["images_per_second"] - 1.0
             )
         for first_layer in ("conv", "nib"):
-            task = _task(model, first_layer, 2, size, width, args.dtype)
+            task = halftone.build(_config(model, first_layer, 2, settings))
             inference_rows.append(
                 {
                     "method": f"{first_layer}-{model}",
-                    "milliseconds": _inference_ms(task, args.inference_size, repeats),
+                    "milliseconds": _inference_ms(task, settings["inference_size"], repeats),
                 }
             )
             print(inference_rows[-1], flush=True)

@@ -24,6 +24,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from noise_research import config_schema as cs
+from noise_research.bench.arguments import (
+    BENCH_DEVICES,
+    allowed_by,
+    integer,
+    number,
+    options_named,
+    output_path,
+)
 from noise_research.bench.timing import environment, write_json
 
 PHOTO_NAMES = (
@@ -42,18 +51,73 @@ RECORD_SIZE = (500, 375)
 PORTRAIT_FRACTION = 0.25
 
 
+OPTIONS = {"data.image_size": "--image-size", "data.batch_size": "--batch"}
+"""The option that sets each classification config key whose rule the benchmark's value obeys."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="bench_results/input.json")
+    """The benchmark's options, on its subcommand's ``parser``."""
+    parser.add_argument("--out", type=output_path, default="bench_results/input.json")
     parser.add_argument(
-        "--workers", type=int, default=None, help="processes of the all-cores run; default: cores"
+        "--workers",
+        type=allowed_by(cs.integer(minimum=1)),
+        default=None,
+        help="processes of the all-cores run; default: cores",
     )
-    parser.add_argument("--num-records", type=int, default=256, help="JPEGs written (cycled)")
-    parser.add_argument("--record-bytes", type=int, default=110_000, help="target JPEG size")
-    parser.add_argument("--image-size", type=int, default=224, help="training crop side")
-    parser.add_argument("--batch", type=int, default=256, help="global batch size")
     parser.add_argument(
-        "--seconds", type=float, default=10.0, help="timed seconds per worker count"
+        "--num-records",
+        type=allowed_by(cs.integer(minimum=1)),
+        default=256,
+        help="JPEGs written (cycled)",
     )
+    parser.add_argument(
+        "--record-bytes",
+        type=allowed_by(cs.integer(minimum=1)),
+        default=110_000,
+        help="target JPEG size",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=integer,
+        default=224,
+        help="training crop side (checked as the classification config.data.image_size)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=integer,
+        default=256,
+        help="global batch size (checked as the classification config.data.batch_size)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=allowed_by(cs.positive_number(), number),
+        default=10.0,
+        help="timed seconds per worker count",
+    )
+
+
+def checked_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The benchmark's settings (the options; every core for ``--workers`` not given), after the
+    crop side and batch have passed the classification task's rules for ``data.image_size`` and
+    ``data.batch_size`` (the task reads its TFDS data through the same source).
+
+    Raises ``ConfigError`` naming the option, the config key, the value and what is allowed.
+    """
+    from noise_research.tasks.classify import ClassifyData
+
+    settings = dict(
+        num_records=args.num_records,
+        record_bytes=args.record_bytes,
+        image_size=args.image_size,
+        batch=args.batch,
+        seconds=args.seconds,
+        workers=os.cpu_count() if args.workers is None else args.workers,
+    )
+    rules = cs.section_rules("data", ClassifyData)
+    data = {"image_size": args.image_size, "batch_size": args.batch}
+    with options_named(OPTIONS):
+        cs.validate({"data": data}, {key: rules[key] for key in OPTIONS}, num_devices=BENCH_DEVICES)
+    return settings
 
 
 def cpu_model() -> str:
@@ -177,20 +241,15 @@ def measure_iterate(source: Any, seconds: float) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Runs the benchmark (after :func:`checked_settings`) and writes its JSON to ``--out``;
+    returns the JSON's content."""
+    settings = checked_settings(args)  # before TensorFlow's import, which takes seconds
     import tensorflow_datasets as tfds
 
     from noise_research.data.classification import TfdsClassificationBatches
 
     cores = os.cpu_count()
-    workers = args.workers or cores
-    settings = dict(
-        num_records=args.num_records,
-        record_bytes=args.record_bytes,
-        image_size=args.image_size,
-        batch=args.batch,
-        seconds=args.seconds,
-        workers=workers,
-    )
+    workers = settings["workers"]
     print(f"input benchmark on {cpu_model()} ({cores} cores): {settings}", flush=True)
     records = mock_imagenet_jpegs(args.num_records, args.record_bytes)
     tfds.disable_progress_bar()

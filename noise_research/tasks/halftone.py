@@ -43,7 +43,12 @@ from noise_research.data import (
 from noise_research.data.base import ENDLESS, BatchSource, ProcessSlice, worker_batches
 from noise_research.layers.nib import NibConfig
 from noise_research.metrics import halftone as metrics
-from noise_research.models.halftone import FIRST_LAYERS, HALFTONE_MODELS, build_halftone_model
+from noise_research.models.halftone import (
+    FIRST_LAYERS,
+    HALFTONE_MODELS,
+    HalftoneUNet,
+    build_halftone_model,
+)
 from noise_research.tasks.base import Task
 from noise_research.train.loop import LoopConfig
 from noise_research.train.optim import OptimizerConfig, make_optimizer
@@ -55,6 +60,27 @@ from noise_research.viz import save_image_grid, save_line_plot
 DTYPES = ("float32", "bfloat16")
 EVAL_SEED_OFFSET = 1_000_003  # eval comics come from a seed no training step uses
 EVAL_NOISE_INDEX = 2**31 - 1  # eval's dynamic noise: fold_in(root, index) no training step uses
+
+
+def image_side(minimum: int) -> cs.Rule:
+    """A side the chosen model takes: an integer >= ``minimum``, a multiple of ``2**levels`` for
+    the U-Net (it halves the image ``levels`` times)."""
+    factor = 2**HalftoneUNet.levels
+    return cs.Rule(
+        lambda value, context: (
+            cs.integer(minimum=minimum).check(value, context)
+            and (context.get("model.name") != "unet" or value % factor == 0)
+        ),
+        lambda context: (
+            f"an integer >= {minimum}"
+            + (
+                f", a multiple of {factor} with model.name = 'unet' (it halves the image "
+                f"{HalftoneUNet.levels} times)"
+                if context.get("model.name") == "unet"
+                else ""
+            )
+        ),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +95,7 @@ class HalftoneData:
         None, cs.optional(cs.text()), "TFDS data_dir; None: TFDS's default", placeholder=str
     )
     image_key: str = cs.setting("image", cs.text(), "the TFDS image feature")
-    crop_size: int = cs.setting(256, cs.integer(minimum=8), "side of the gray training crops")
+    crop_size: int = cs.setting(256, image_side(8), "side of the gray training crops")
     batch_size: int = cs.setting(8, cs.batch_size(), "global batch of training crops")
     constant_batch_size: int = cs.setting(
         8, cs.batch_size(), "global batch of constant-gray images (the blue-noise loss)"
@@ -124,12 +150,10 @@ class HalftoneLoss:
 class HalftoneEval:
     """The ``eval`` section: held-out comics and constant-gray patches, and the report's size."""
 
-    image_size: int = cs.setting(256, cs.integer(minimum=16), "side of the eval images")
+    image_size: int = cs.setting(256, image_side(16), "side of the eval images")
     batch_size: int = cs.setting(8, cs.batch_size(), "global eval batch")
     num_batches: int = cs.setting(4, cs.integer(minimum=1), "eval batches per evaluation")
-    report_image_size: int = cs.setting(
-        256, cs.integer(minimum=16), "side of the report's sample images"
-    )
+    report_image_size: int = cs.setting(256, image_side(16), "side of the report's sample images")
 
 
 SECTIONS = {
