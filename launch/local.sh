@@ -16,7 +16,7 @@
 #                      passed to every process as SIGTERM (the preemption path: save and stop). If
 #                      a process fails, the others get SIGTERM, then SIGKILL after
 #                      KILL_GRACE_SECONDS (default 30), and this script exits with the failure's
-#                      status.
+#                      status; 75 (preempted: every process saved and stopped) stops no one.
 #   PYTHON             the interpreter (default: python).
 set -euo pipefail
 
@@ -120,6 +120,7 @@ for ((i = 0; i < num_processes; i++)); do
 done
 
 # Polls rather than `wait -n`, which cannot tell a finished process from a trapped signal.
+preempted=75 # noise_research.main's PREEMPTED_EXIT_CODE: a checkpoint saved, run again to resume
 status=0
 kill_at=
 running=("${!pids[@]}")
@@ -132,7 +133,9 @@ while ((${#running[@]} > 0)); do
     fi
     rc=0
     wait "${pids[i]}" || rc=$?
-    if ((rc != 0 && status == 0)); then
+    if ((rc == preempted && status == 0)); then
+      status=$rc # saved at the common stop step; the others are stopping at it too
+    elif ((rc != 0 && (status == 0 || status == preempted))); then
       status=$rc
       echo "local.sh: process $i exited with status $rc; stopping the others" >&2
       signal_all TERM

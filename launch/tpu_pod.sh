@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A Cloud TPU pod slice: the same command on every worker; jax.distributed.initialize() finds the
-# pod from TPU metadata. WORKDIR must be shared storage (e.g. gs://bucket/run, which orbax writes).
-#   launch/tpu_pod.sh TPU_NAME ZONE configs/halftone/nib_unet.py gs://bucket/runs/nib_unet
+# pod from TPU metadata. WORKDIR must be a filesystem every worker mounts (Filestore NFS, or a
+# bucket mounted with gcsfuse at the same path on each worker); gs:// URLs are refused (the
+# metrics, the report and the workdir lock need a filesystem).
+#   launch/tpu_pod.sh TPU_NAME ZONE configs/halftone/nib_unet.py /mnt/runs/nib_unet
 # Every argument reaches the workers' shell quoted (printf %q), so override values may hold spaces
 # or shell characters.
 set -euo pipefail

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from noise_research.main import BAD_INPUT_EXIT_CODE, DIVERGED_EXIT_CODE, PREEMPTED_EXIT_CODE
+
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = ROOT / "launch"
 TIMEOUT = 60
-FAKES = ("python", "srun", "sbatch", "gcloud", "nvidia-smi")
+FAKES = ("python", "srun", "sbatch", "scontrol", "gcloud", "nvidia-smi")
 RECORDED_ENV = (
     "JAX_PROCESS_ID",
     "JAX_NUM_PROCESSES",
@@ -226,6 +228,21 @@ def test_slurm_sbatch_runs_one_multihost_process_per_node_through_srun(fakes: Fa
         "/shared/runs/nib_unet",
         SPACED,
     ]
+
+
+@pytest.mark.parametrize(
+    ("status", "requeued"),
+    [(PREEMPTED_EXIT_CODE, True), (DIVERGED_EXIT_CODE, False), (BAD_INPUT_EXIT_CODE, False)],
+)
+def test_slurm_sbatch_requeues_a_preempted_run_and_only_that(
+    fakes: Fakes, status: int, requeued: bool
+) -> None:
+    """Preempted (checkpoint saved on SIGTERM) requeues the job to resume; other failures end it."""
+    env = fakes.env(FAKE_FAIL_ARG="--multihost", FAKE_FAIL_STATUS=str(status), SLURM_JOB_ID="417")
+    result = _run(["bash", str(LAUNCH / "slurm.sbatch"), "config.py", "/shared/run"], env)
+    assert result.returncode == status
+    requeues = [call["argv"] for call in fakes.records("scontrol")]
+    assert requeues == ([["requeue", "417"]] if requeued else [])
 
 
 def test_slurm_sbatch_without_a_workdir_prints_its_usage(fakes: Fakes) -> None:
@@ -461,6 +478,24 @@ def test_a_failing_process_stops_the_others_and_local_sh(fakes: Fakes, tmp_path:
     assert "process 1 exited with status 3" in result.stderr
     calls = {call["env"]["JAX_PROCESS_ID"]: call for call in fakes.records("python")}
     assert calls["0"]["signal"] == calls["2"]["signal"] == "TERM"
+
+
+def test_a_preempted_process_stops_no_one_and_local_sh_says_preempted(
+    fakes: Fakes, tmp_path: Path
+) -> None:
+    """Status 75: it saved at the step every process agreed on; the others are stopping too."""
+    result = _local(
+        fakes,
+        tmp_path / "run",
+        NUM_PROCESSES="3",
+        FAKE_FAIL_PROCESS="1",
+        FAKE_FAIL_STATUS=str(PREEMPTED_EXIT_CODE),
+        FAKE_SLEEP="2",
+    )
+    assert result.returncode == PREEMPTED_EXIT_CODE, result.stderr
+    assert "stopping the others" not in result.stderr
+    calls = {call["env"]["JAX_PROCESS_ID"]: call for call in fakes.records("python")}
+    assert "signal" not in calls["0"] and "signal" not in calls["2"]
 
 
 def test_a_process_that_ignores_sigterm_is_killed(fakes: Fakes, tmp_path: Path) -> None:
