@@ -17,7 +17,11 @@ from configs.classify import cifar10_resnet18
 from configs.halftone import demo
 from noise_research import config_schema
 from noise_research.data import TfdsClassificationBatches, TfdsImageBatches, epoch_permutation
-from noise_research.data.tfds_images import DatasetNotPreparedError, TfdsInputError
+from noise_research.data.tfds_images import (
+    DatasetNotPreparedError,
+    TfdsInputError,
+    open_array_record_source,
+)
 from noise_research.tasks import classify, halftone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -261,6 +265,13 @@ def test_a_dataset_not_prepared_says_how_to_prepare_it(data_dir, tmp_path):
     )
 
 
+def test_a_catalog_dataset_with_no_data_dir_at_all_says_how_to_prepare_it(tmp_path, monkeypatch):
+    """The default data_dir missing: tfds raises KeyError('splits is empty') there."""
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no_tensorflow_datasets_here"))
+    with pytest.raises(DatasetNotPreparedError, match=r"nothing is prepared at .*tfds build mnist"):
+        open_array_record_source("mnist", "train", data_dir=None)
+
+
 def test_an_unknown_split_lists_the_splits(data_dir):
     config = _classify_config(data_dir, name="noise_research_int_labels", eval_split="tset")
     with pytest.raises(config_schema.ConfigError) as error:
@@ -368,28 +379,3 @@ def test_the_command_line_prints_one_line_for_a_bad_dataset(data_dir, tmp_path, 
     )
     assert _error_lines(process) == [expected.format(data_dir=data_dir)]
     assert not (tmp_path / "run" / "checkpoints").exists()
-
-
-def test_the_command_line_stops_on_a_bad_label_from_an_input_worker(
-    data_dir, train_label_error, tmp_path
-):
-    # The first batch (built in this process for the model's shapes) is clean; the third, built
-    # by a grain worker process while training, holds label 12 of a 10-class model.
-    process = _main(
-        tmp_path / "run",
-        "configs/classify/cifar10_resnet18.py",
-        "--config.data.name=noise_research_int_labels",
-        f"--config.data.data_dir={data_dir}",
-        f"--config.data.seed={LABEL_SEED}",
-        "--config.data.input_workers=2",
-        "--config.data.image_size=8",
-        "--config.data.batch_size=2",
-        "--config.data.eval_batch_size=2",
-        "--config.model.depth=10",
-        "--config.model.width=4",
-        "--config.train.num_steps=4",
-        "--config.optimizer.warmup_steps=1",
-        "--config.train.progress=False",
-        "--config.train.final_report=False",
-    )
-    assert _error_lines(process) == [f"error: {train_label_error}"]

@@ -215,7 +215,9 @@ def _open_array_record_source(
         raise TfdsInputError(
             [("name", name)], _unknown_name_reason(name, data_dir, cause)
         ) from cause
-    except (NotImplementedError, FileNotFoundError, ValueError, AssertionError) as cause:
+    # Not prepared: NotImplementedError / FileNotFoundError, or KeyError("splits is empty") for a
+    # catalog data set with no files at all (tfds 4.9.10); the checks below tell which.
+    except (NotImplementedError, FileNotFoundError, ValueError, AssertionError, KeyError) as cause:
         try:
             builder = tfds.builder(name, data_dir=data_dir)
         except Exception as builder_error:  # a config or version TFDS refuses
