@@ -12,7 +12,8 @@
 #                      (NUM_CPU_DEVICES set, JAX_PLATFORMS=cpu, or no NVIDIA GPU) each process gets
 #                      NUM_CPU_DEVICES devices (default 1); on GPUs each process gets its own equal
 #                      share of the visible GPUs (CUDA_VISIBLE_DEVICES). Process 0 writes to this
-#                      terminal, process i to WORKDIR/logs/process_i.log. SIGTERM or SIGINT is
+#                      terminal, process i to WORKDIR/logs/process_i.log (appended: a rerun, or a
+#                      second run refused by the workdir lock, keeps what is there). SIGTERM or SIGINT is
 #                      passed to every process as SIGTERM (the preemption path: save and stop). If
 #                      a process fails, the others get SIGTERM, then SIGKILL after
 #                      KILL_GRACE_SECONDS (default 30), and this script exits with the failure's
@@ -114,7 +115,7 @@ for ((i = 0; i < num_processes; i++)); do
     JAX_PROCESS_ID=$i "$python" -m noise_research.main --multihost "${main_args[@]}" &
   else
     JAX_PROCESS_ID=$i "$python" -m noise_research.main --multihost "${main_args[@]}" \
-      >"$workdir/logs/process_$i.log" 2>&1 &
+      >>"$workdir/logs/process_$i.log" 2>&1 &
   fi
   pids+=($!)
 done

@@ -260,6 +260,16 @@ def resumable_keys(sections: Mapping[str, Any]) -> set[str]:
     }
 
 
+def default_values(sections: Mapping[str, Any]) -> dict[str, Any]:
+    """``{'section.key': default}`` for every key of ``sections`` (a section instance's values
+    for an instance), as JSON values (tuples as lists)."""
+    values = {}
+    for name, section in sections.items():
+        instance = section() if isinstance(section, type) else section
+        values.update(flatten({name: dataclasses.asdict(instance)}))
+    return json.loads(json.dumps(values))
+
+
 def describe_keys(prefix: str, section: Any) -> dict[str, str]:
     """``{'prefix.key': meaning}`` for every key of ``section``."""
     return {key: field.metadata["doc"] for key, field in _leaf_fields(prefix, section)}

@@ -137,7 +137,8 @@ def _fail(message: str, exit_code: int) -> NoReturn:
 
 
 def _describe(config: dict) -> str:
-    """``key = value   meaning`` for every key of a checked config."""
+    """``key = value   meaning`` for every key of a checked config; keys that may change when a
+    run resumes say so."""
     import jax
 
     from noise_research.tasks import task_module
@@ -147,6 +148,8 @@ def _describe(config: dict) -> str:
     meanings = {}
     for name, section in module.SECTIONS.items():
         meanings.update(config_schema.describe_keys(name, section))
+    for key in config_schema.resumable_keys(module.SECTIONS):  # see --on_config_change
+        meanings[key] = f"(may change on resume) {meanings[key]}"
     values = {key: repr(value) for key, value in config_schema.flatten(config).items()}
     key_width = max(map(len, values))
     value_width = min(max(map(len, values.values())), 24)
@@ -195,7 +198,8 @@ def _run(config: dict, workdir: str) -> None:
         return
     summary = {"step": result.step, **result.eval_metrics}
     print(json.dumps(summary, indent=2))
-    print(f"pictures and tables: {os.path.join(workdir, 'report')}")
+    if loop_config.final_report:
+        print(f"pictures and tables: {os.path.join(workdir, 'report')}")
 
 
 if __name__ == "__main__":

@@ -118,7 +118,6 @@ def test_bad_config_stops_with_one_clear_line(tmp_path, args, env_devices, expec
             "config argument 'powr' is unknown; allowed: none, sf, pow, hpow, sf_pow, dorefa, "
             "stability",
         ),
-        ("configs/halftone/demo.py", "", "error: --workdir is empty: give the directory for"),
         ("configs/halftone/demo.py", "a_file/run", "error: --workdir={tmp}/a_file/run: cannot "),
     ],
 )

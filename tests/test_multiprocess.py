@@ -58,7 +58,15 @@ COMMON = [
 ]
 
 
-def _launch(config: str, workdir: str, overrides: list[str], num_steps: int, processes: int):
+def _launch(
+    config: str,
+    workdir: str,
+    overrides: list[str],
+    num_steps: int,
+    processes: int,
+    expected_status: int = 0,
+) -> str:
+    """Runs ``launch/local.sh``; asserts its exit status; returns its stderr and the logs."""
     env = dict(
         os.environ,
         PYTHON=sys.executable,
@@ -88,7 +96,8 @@ def _launch(config: str, workdir: str, overrides: list[str], num_steps: int, pro
     for log in sorted(os.listdir(os.path.join(workdir, "logs"))) if processes > 1 else []:
         with open(os.path.join(workdir, "logs", log)) as f:
             logs += f"\n--- {log}\n" + f.read()[-2000:]
-    assert completed.returncode == 0, logs
+    assert completed.returncode == expected_status, logs
+    return logs
 
 
 def _losses(workdir: str, key: str) -> dict[int, float]:
@@ -118,3 +127,15 @@ def test_two_processes_train_and_resume_the_one_process_run(tmp_path, experiment
     assert metric_keys and metric_keys == set(eval_two) - {"step", "split"}
     for key in metric_keys:
         np.testing.assert_allclose(eval_two[key], eval_one[key], rtol=1e-5, err_msg=key)
+
+
+def test_a_failure_on_process_0_alone_stops_every_process(tmp_path):
+    """Only process 0 reads metrics.jsonl: a damaged one must stop the other process too, not
+    leave it waiting for process 0 in the first train step's collective (a hang before)."""
+    config, overrides = CLASSIFIER
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "metrics.jsonl").write_text('garbage\n{"step": 1, "split": "train"}\n')
+    logs = _launch(config, str(workdir), overrides, num_steps=2, processes=2, expected_status=2)
+    assert "metrics.jsonl, line 1: not a metrics record" in logs
+    assert "process 0 could not open the workdir's metrics" in logs  # process 1's line

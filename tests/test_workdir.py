@@ -14,10 +14,14 @@ import optax
 import pytest
 
 from noise_research.config_schema import ConfigError
-from noise_research.train.loop import TrainingDiverged, train
+from noise_research.train.loop import TrainingDiverged, json_config, train
 from noise_research.train.metric_writer import read_metrics
 from noise_research.train.optim import OptimizerConfig
-from noise_research.train.workdir import WorkdirLock, check_writable
+from noise_research.train.workdir import (
+    check_writable,
+    config_change,
+    process_identity,
+)
 from tests.test_train_loop import _config, _cpu
 from tests.toy_task import ToyTask
 
@@ -79,7 +83,7 @@ def test_all_checkpoints_damaged_starts_afresh_saying_so_and_saves(tmp_path, cap
 
 
 def _configured(width: int, **train_settings) -> ToyTask:
-    task = ToyTask()
+    task = ToyTask(width=width)
     task.config = {"model": {"width": width}, "train": {"log_every": 2, **train_settings}}
     return task
 
@@ -107,10 +111,18 @@ def test_cadences_may_change_on_resume_and_the_change_is_recorded(tmp_path):
     assert change["step"] == 4 and change["changes"] == {"train.log_every": [2, 1]}
 
 
+def _seeded(width: int, data_seed: int) -> ToyTask:
+    task = _configured(width)
+    task.config = {**task.config, "data": {"seed": data_seed}}
+    return task
+
+
 def test_on_config_change_resume_continues_and_restart_sets_the_old_run_aside(tmp_path):
-    train(_configured(16), _config(num_steps=4), str(tmp_path), devices=_cpu(1))
+    train(_seeded(16, 0), _config(num_steps=4), str(tmp_path), devices=_cpu(1))
+    with pytest.raises(ConfigError, match=r"data.seed: 0 -> 1;"):
+        train(_seeded(16, 1), _config(num_steps=6), str(tmp_path), devices=_cpu(1))
     resumed = train(
-        _configured(8),
+        _seeded(16, 1),
         _config(num_steps=6),
         str(tmp_path),
         devices=_cpu(1),
@@ -118,7 +130,7 @@ def test_on_config_change_resume_continues_and_restart_sets_the_old_run_aside(tm
     )
     assert resumed.resumed_from == 4 and resumed.step == 6
     (change,) = _changes(tmp_path)
-    assert change["changes"] == {"model.width": [16, 8]}
+    assert change["changes"] == {"data.seed": [0, 1]}
 
     restarted = train(
         _configured(4),
@@ -143,6 +155,50 @@ def test_num_steps_may_change_only_when_no_schedule_depends_on_it(schedule, free
     task.config = {"optimizer": {**vars(OptimizerConfig()), "schedule": schedule}}
     assert ("train.num_steps" in task.keys_free_on_resume()) == free
     assert "model.width" not in task.keys_free_on_resume()
+
+
+def test_a_resumed_change_the_checkpoint_cannot_take_is_refused_and_nothing_set_aside(tmp_path):
+    """A model of another shape is not a damaged checkpoint: nothing moves, nothing restarts."""
+    train(_configured(16), _config(num_steps=4), str(tmp_path), devices=_cpu(1))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != "LOCK"}
+    with pytest.raises(ConfigError) as refused:
+        train(
+            _configured(8),
+            _config(num_steps=6),
+            str(tmp_path),
+            devices=_cpu(1),
+            on_config_change="resume",
+        )
+    message = str(refused.value)
+    assert "the checkpoint at step 4" in message and "does not restore into this model" in message
+    assert "model.width: 16 -> 8" in message and "--on_config_change=restart" in message
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_a_key_newer_than_the_checkpoint_may_resume_at_its_default_only():
+    defaults = {"model.width": 16, "model.new_option": "off"}
+
+    def change(now: dict) -> list:
+        return config_change(
+            {"model": {"width": 16}},
+            {"model": {"width": 16, **now}},
+            set(),
+            defaults,
+            workdir="w",
+            step=4,
+            on_config_change="refuse",
+        )
+
+    assert change({"new_option": "off"}) == [("model.new_option", None, "off")]
+    with pytest.raises(ConfigError, match=r"model.new_option: None -> 'on'"):
+        change({"new_option": "on"})
+
+
+def test_the_saved_config_of_a_config_dict_is_plain_json():
+    import ml_collections
+
+    config = ml_collections.ConfigDict({"train": {"log_every": 2}, "model": {"widths": (16, 1)}})
+    assert json_config(config) == {"train": {"log_every": 2}, "model": {"widths": [16, 1]}}
 
 
 # ------------------------------------------------------------------------ NaN
@@ -176,13 +232,48 @@ def test_a_non_finite_state_is_never_saved(tmp_path):
 # ------------------------------------------------------------------------ the workdir lock
 
 
-def test_a_second_run_in_a_workdir_in_use_is_refused(tmp_path):
-    with (
-        WorkdirLock(str(tmp_path)),  # this process: alive, on this host
-        pytest.raises(ConfigError, match=r"is in use by another run \(pid"),
-    ):
+@pytest.fixture
+def other_live_process():
+    """A process of this host that is alive for the test's duration."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def _write_lock(workdir, **holder) -> None:
+    (workdir / "LOCK").write_text(json.dumps({"started": "earlier", **holder}))
+
+
+def test_a_second_run_in_a_workdir_in_use_is_refused(tmp_path, other_live_process):
+    _write_lock(tmp_path, host=socket.gethostname(), pid=other_live_process.pid)
+    lock = (tmp_path / "LOCK").read_text()
+    with pytest.raises(ConfigError, match=rf"in use by another run \(pid {other_live_process.pid}"):
         train(ToyTask(), _config(num_steps=2), str(tmp_path), devices=_cpu(1))
-    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "LOCK").exists()
+    assert not (tmp_path / "checkpoints").exists()
+    assert (tmp_path / "LOCK").read_text() == lock  # still the other run's
+
+
+def test_a_lock_left_by_this_pid_or_this_slurm_job_is_taken_over(tmp_path, monkeypatch):
+    """A restarted container reuses pids (ours too); a requeued SLURM job may start elsewhere."""
+    _write_lock(tmp_path, host=socket.gethostname(), pid=os.getpid())
+    assert train(ToyTask(), _config(num_steps=2), str(tmp_path), devices=_cpu(1)).step == 2
+    monkeypatch.setenv("SLURM_JOB_ID", "417")
+    _write_lock(tmp_path, host="another-node", pid=1, slurm_job="417")
+    assert train(ToyTask(), _config(num_steps=4), str(tmp_path), devices=_cpu(1)).step == 4
+
+
+def test_a_lock_whose_pid_now_belongs_to_another_process_is_taken_over(
+    tmp_path, other_live_process
+):
+    identity = process_identity(other_live_process.pid)
+    if identity is None:
+        pytest.skip("no /proc: a reused pid cannot be told from its holder here")
+    _write_lock(tmp_path, host=socket.gethostname(), pid=other_live_process.pid, process="x/1")
+    assert train(ToyTask(), _config(num_steps=2), str(tmp_path), devices=_cpu(1)).step == 2
+    _write_lock(tmp_path, host=socket.gethostname(), pid=other_live_process.pid, process=identity)
+    with pytest.raises(ConfigError, match="in use by another run"):
+        train(ToyTask(), _config(num_steps=4), str(tmp_path), devices=_cpu(1))
 
 
 def test_a_stale_lock_of_a_killed_run_is_taken_over(tmp_path, caplog):

@@ -43,6 +43,7 @@ class NoisyMLP(nn.Module):
     dynamic_noise: float = 0.0
     mix_batch: bool = False
     parallel: ParallelContext = ParallelContext()
+    width: int = 16
 
     @nn.compact
     def __call__(self, x: jax.Array, positions: jax.Array, train: bool) -> jax.Array:
@@ -51,7 +52,7 @@ class NoisyMLP(nn.Module):
                 self.make_rng("noise"), positions, lambda key: jax.random.normal(key, x.shape[1:])
             )
             x = x + self.dynamic_noise * noise
-        x = nn.Dense(16)(x)
+        x = nn.Dense(self.width)(x)
         if self.mix_batch:  # x_i + α(x_{i−1} − x_i) over the global batch
             x = x + MIXING_STRENGTH * (roll_batch(x, 1, self.parallel) - x)
             self.sow("intermediates", "mixed", x)
@@ -99,7 +100,9 @@ class ToyTask(Task):
         sigterm_at_step: int | None = None,
         mix_batch: bool = False,
         learning_rate: float | optax.Schedule = 0.05,
+        width: int = 16,
     ):
+        self.width = width
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.dynamic_noise = dynamic_noise
@@ -108,7 +111,7 @@ class ToyTask(Task):
         self.reports: list[int] = []
 
     def model(self, parallel: ParallelContext) -> NoisyMLP:
-        return NoisyMLP(self.dynamic_noise, self.mix_batch, parallel)
+        return NoisyMLP(self.dynamic_noise, self.mix_batch, parallel, self.width)
 
     def train_source(self, process_index: int, process_count: int) -> RegressionBatches:
         return RegressionBatches(

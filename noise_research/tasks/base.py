@@ -126,22 +126,32 @@ class Task:
     def keys_free_on_resume(self) -> set[str]:
         """Config keys whose value may differ from the checkpointed run's when it resumes.
 
-        The keys its sections declare ``resumable`` (cadences, progress, evaluation-only
-        settings), ``mode``, and ``train.num_steps`` when no learning-rate schedule of the task
-        depends on it (a constant rate: training longer is the same run, extended).
+        The keys declared ``resumable`` in the loop's ``train`` section and the task's
+        ``sections`` (cadences, progress, evaluation-only settings), ``mode``, and
+        ``train.num_steps`` when the task declares its optimizer sections and no learning-rate
+        schedule of them depends on it (a constant rate: training longer is the same run,
+        extended). A task that declares no sections gets the loop's keys only.
         """
         from noise_research.config_schema import read_section, resumable_keys
+        from noise_research.train.loop import LoopConfig
         from noise_research.train.optim import OptimizerConfig, schedule_depends_on_num_steps
 
-        keys = resumable_keys(self.sections) | {"mode"}
+        keys = resumable_keys({"train": LoopConfig, **self.sections}) | {"mode"}
         schedules = [
             read_section(OptimizerConfig, self.config[name])
             for name, section in self.sections.items()
             if section is OptimizerConfig or isinstance(section, OptimizerConfig)
         ]
-        if not any(map(schedule_depends_on_num_steps, schedules)):
+        if schedules and not any(map(schedule_depends_on_num_steps, schedules)):
             keys.add("train.num_steps")
         return keys
+
+    def config_defaults(self) -> dict[str, Any]:
+        """Every declared key's default (``section.key``): a key that an older checkpoint's config
+        lacks may take its default on resume."""
+        from noise_research.config_schema import default_values
+
+        return default_values(self.sections)
 
     def run_mode(self, mode: str, state: PyTree, workdir: str, step: int) -> dict[str, float]:
         raise ConfigError(f"config.mode = {mode!r}: this task has no evaluation modes")

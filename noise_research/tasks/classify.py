@@ -630,13 +630,16 @@ def restore_run(workdir: str, *, key: str) -> tuple[ClassifyTask, TrainState]:
     config key that pointed at it, for the error message)."""
     config_path = os.path.join(workdir, "config.json")
     if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"{key} = {workdir!r}: no config.json there (not a run directory)")
-    with open(config_path) as f:
-        config = json.load(f)
+        raise cs.ConfigError(f"{key} = {workdir!r}: no config.json there (not a run directory)")
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+    except ValueError as error:
+        raise cs.ConfigError(f"{key} = {workdir!r}: {config_path} is not JSON ({error})") from None
     task = ClassifyTask(config)
     restored = restore_state(task, cs.read_section(LoopConfig, config["train"]), workdir)
     if restored is None:
-        raise FileNotFoundError(f"{key} = {workdir!r} has no checkpoint")
+        raise cs.ConfigError(f"{key} = {workdir!r} has no checkpoint")
     return task, restored[0]
 
 

@@ -150,10 +150,14 @@ class HalftoneLoss:
 class HalftoneEval:
     """The ``eval`` section: held-out comics and constant-gray patches, and the report's size."""
 
-    image_size: int = cs.setting(256, image_side(16), "side of the eval images")
-    batch_size: int = cs.setting(8, cs.batch_size(), "global eval batch")
-    num_batches: int = cs.setting(4, cs.integer(minimum=1), "eval batches per evaluation")
-    report_image_size: int = cs.setting(256, image_side(16), "side of the report's sample images")
+    image_size: int = cs.setting(256, image_side(16), "side of the eval images", resumable=True)
+    batch_size: int = cs.setting(8, cs.batch_size(), "global eval batch", resumable=True)
+    num_batches: int = cs.setting(
+        4, cs.integer(minimum=1), "eval batches per evaluation", resumable=True
+    )
+    report_image_size: int = cs.setting(
+        256, image_side(16), "side of the report's sample images", resumable=True
+    )
 
 
 SECTIONS = {

@@ -18,6 +18,8 @@ from typing import Any
 import orbax.checkpoint as ocp
 from etils import epath
 
+from noise_research.config_schema import ConfigError
+
 PyTree = Any
 log = logging.getLogger(__name__)
 _META_ONLY = ocp.args.Composite(meta=ocp.args.JsonRestore())
@@ -58,14 +60,16 @@ class Checkpointer:
     def restore_latest(
         self,
         abstract_state: PyTree,
-        check_meta: Callable[[dict[str, Any]], None] | None = None,
+        check_meta: Callable[[dict[str, Any]], str | None] | None = None,
     ) -> tuple[PyTree, dict[str, Any]] | None:
         """The newest checkpoint that restores cleanly, as ``(state, meta)``; None if there is none.
 
         ``abstract_state`` is a pytree of ``jax.ShapeDtypeStruct`` (with shardings where the state
         lives on several devices), e.g. ``jax.eval_shape(task.init, ...)``. ``check_meta`` sees
-        each candidate's meta before its state is read and may refuse it by raising (a run
-        whose config differs). The steps that failed to restore are in :attr:`damaged`.
+        each candidate's meta before its state is read: it may refuse it by raising (a run whose
+        config differs), or return why its state may not fit this model (a changed config), in
+        which case a state that does not restore raises ConfigError with that reason instead of
+        counting as damaged. The steps that failed to restore are in :attr:`damaged`.
         """
         self.damaged = []
         for step in sorted(self.manager.all_steps(), reverse=True):
@@ -74,8 +78,7 @@ class Checkpointer:
             except Exception as error:
                 self._report_damaged(step, error)
                 continue
-            if check_meta is not None:
-                check_meta(meta)
+            misfit_reason = check_meta(meta) if check_meta is not None else None
             try:
                 restored = self.manager.restore(
                     step,
@@ -85,6 +88,11 @@ class Checkpointer:
                     ),
                 )
             except Exception as error:
+                if misfit_reason is not None:
+                    raise ConfigError(
+                        f"the checkpoint at step {step} in {self.directory} does not restore "
+                        f"into this model ({_first_line(error)}): {misfit_reason}"
+                    ) from error
                 self._report_damaged(step, error)
                 continue
             return restored.state, meta
@@ -97,7 +105,7 @@ class Checkpointer:
             step,
             self.directory,
             type(error).__name__,
-            str(error).splitlines()[0] if str(error) else "",
+            _first_line(error),
         )
 
     def step_path(self, step: int) -> str:
@@ -116,3 +124,8 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -28,6 +28,7 @@ from noise_research import config_schema as cs
 from noise_research.data.base import BatchSource, worker_batches
 from noise_research.tasks.base import Task
 from noise_research.train.checkpoint import Checkpointer
+from noise_research.train.distributed import on_every_process
 from noise_research.train.metric_writer import MetricWriter
 from noise_research.train.parallel import BACKENDS, make_backend
 from noise_research.train.preemption import PreemptionGuard
@@ -35,6 +36,7 @@ from noise_research.train.workdir import (
     ON_CONFIG_CHANGE,
     WorkdirLock,
     config_change,
+    describe_changes,
     record_config,
     set_aside,
     set_aside_run,
@@ -160,6 +162,9 @@ def restore_state(task: Task, config: LoopConfig, workdir: str) -> tuple[PyTree,
     For evaluation modes (e.g. a robustness report) and for fine-tuning from another run; None
     when ``workdir`` holds no checkpoint.
     """
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):  # nothing to read, and nothing is created
+        return None
     example_batch = task.train_source(jax.process_index(), jax.process_count()).batch(0)
     abstract = jax.eval_shape(task.init, jax.random.PRNGKey(config.seed), example_batch)
     first_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -167,7 +172,7 @@ def restore_state(task: Task, config: LoopConfig, workdir: str) -> tuple[PyTree,
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=first_device), abstract
     )
     checkpointer = Checkpointer(
-        os.path.join(workdir, "checkpoints"),
+        directory,
         save_every=config.checkpoint_every,
         keep=config.keep_checkpoints,
         async_save=False,
@@ -211,33 +216,17 @@ def train(
 def _claim_workdir(workdir: str) -> Iterator[None]:
     """Process 0 holds the workdir lock within the block; every process learns whether it could."""
     lock = WorkdirLock(workdir)
-    problem = None
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        try:
-            lock.__enter__()
-        except cs.ConfigError as error:
-            problem = error
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
 
-        taken = multihost_utils.broadcast_one_to_all(np.int32(problem is None))
-        if not taken and problem is None:
-            problem = cs.ConfigError(f"{workdir} is in use by another run (process 0 says which)")
-    if problem is not None:
-        raise problem
+    def take() -> None:
+        if jax.process_index() == 0:
+            os.makedirs(workdir, exist_ok=True)
+            lock.__enter__()
+
     try:
+        on_every_process("take the workdir lock", take)
         yield
     finally:
-        lock.__exit__(None, None, None)
-
-
-def _sync(name: str) -> None:
-    """Waits until every process gets here (the chief changed files the others read)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
+        lock.__exit__(None, None, None)  # only if taken
 
 
 @jax.jit
@@ -272,9 +261,15 @@ def _train(
     run_config = json_config(task.config)
 
     if on_config_change == "restart":
-        if is_chief and (moved := set_aside_run(workdir)):
-            log.warning("the earlier run in %s is set aside in %s; starting over", workdir, moved)
-        _sync("earlier run set aside")
+
+        def set_aside_earlier_run() -> None:
+            moved = set_aside_run(workdir) if is_chief else None
+            if moved:
+                log.warning(
+                    "the earlier run in %s is set aside in %s; starting over", workdir, moved
+                )
+
+        on_every_process("set the earlier run aside", set_aside_earlier_run)
     checkpointer = Checkpointer(
         os.path.join(workdir, "checkpoints"),
         save_every=config.checkpoint_every,
@@ -306,8 +301,6 @@ def _train(
                 resumed_from=resumed_from,
                 already_finished=True,
             )
-        if is_chief:
-            record_config(workdir, run_config, start_step, changed)
         train_steps = {
             kind: backend.compile_train_step(fn) for kind, fn in task.train_steps().items()
         }
@@ -316,7 +309,14 @@ def _train(
             name: backend.compile_accumulate(evaluator.update)
             for name, evaluator in evaluators.items()
         }
-        writer = MetricWriter(workdir, resume_step=start_step)
+
+        def open_metrics() -> MetricWriter:
+            writer = MetricWriter(workdir, resume_step=start_step)
+            if is_chief:
+                record_config(workdir, run_config, start_step, changed)
+            return writer
+
+        writer = on_every_process("open the workdir's metrics", open_metrics)
     except BaseException:
         checkpointer.close()
         raise
@@ -370,8 +370,7 @@ def _train(
     evaluations: dict[str, dict[str, float]] = {}
     report_metrics: dict[str, float] = {}
     history: list[PyTree] = []
-    batches = host_batches(train_source, start_step, config.num_steps)
-    last_log_time, last_log_step = time.perf_counter(), start_step
+    batches: Iterator[dict[str, np.ndarray]] = iter(())
     bar = tqdm(
         total=config.num_steps,
         initial=start_step,
@@ -381,6 +380,8 @@ def _train(
     )
     stop = False
     try:
+        batches = host_batches(train_source, start_step, config.num_steps)
+        last_log_time, last_log_step = time.perf_counter(), start_step
         with PreemptionGuard() as guard:
             while step < config.num_steps and not stop:
                 kind = task.step_kind(step)
@@ -466,41 +467,55 @@ def _restore_or_init(
     """``(state, step resumed from or None, config keys changed since the checkpoint)``.
 
     Refuses a checkpointed run of another config (:func:`train.workdir.config_change`), sets the
-    checkpoints that fail to restore aside, and says in one line when it starts afresh.
+    checkpoints that fail to restore aside, and says in one line when it starts afresh. A
+    checkpoint of a changed config (``on_config_change='resume'``) that does not restore into this
+    model is not damaged: that stops the run (ConfigError) and nothing is set aside.
     """
     is_chief = jax.process_index() == 0
     run_config = json_config(task.config)
     changed: list[tuple[str, Any, Any]] = []
 
-    def check_config(meta: dict[str, Any]) -> None:
+    def check_config(meta: dict[str, Any]) -> str | None:
         nonlocal changed
-        if "config" in meta:
-            changed = config_change(
-                meta["config"],
-                run_config,
-                task.keys_free_on_resume(),
-                workdir=workdir,
-                step=int(meta["step"]),
-                on_config_change=on_config_change,
-            )
+        if "config" not in meta:
+            return None
+        changed = config_change(
+            meta["config"],
+            run_config,
+            task.keys_free_on_resume(),
+            task.config_defaults(),
+            workdir=workdir,
+            step=int(meta["step"]),
+            on_config_change=on_config_change,
+        )
+        if not changed:
+            return None
+        return (
+            f"its config differs from this run's ({describe_changes(changed)}), a change a "
+            "resume cannot take; use a new --workdir or --on_config_change=restart"
+        )
 
     abstract_state = backend.abstract_state(jax.eval_shape(task.init, root_rng, example_batch))
-    restored = checkpointer.restore_latest(abstract_state, check_config)
-    if checkpointer.damaged:
-        _sync("damaged checkpoints found")
+    restored = on_every_process(
+        "read the checkpoints",
+        lambda: checkpointer.restore_latest(abstract_state, check_config),
+    )
+
+    def set_damaged_aside() -> None:
         if is_chief:
             for step in checkpointer.damaged:
                 where = set_aside(workdir, [checkpointer.step_path(step)], f"damaged-step{step}")
                 log.warning("the damaged checkpoint of step %d is kept in %s", step, where)
-        _sync("damaged checkpoints set aside")
-        checkpointer.reload()
+
+    on_every_process("set damaged checkpoints aside", set_damaged_aside)
+    checkpointer.reload()
     if restored is not None:
         restored_state, meta = restored
         step = int(meta["data_position"])
         if changed:
             log.warning(
                 "resuming with a changed config (recorded in config_changes.jsonl): %s",
-                ", ".join(f"{key}: {before!r} -> {now!r}" for key, before, now in changed),
+                describe_changes(changed),
             )
         log.info("resumed from the checkpoint at step %d in %s", step, checkpointer.directory)
         return backend.put_state(restored_state), step, changed
@@ -538,5 +553,16 @@ def _progress_postfix(metrics: dict[str, float]) -> dict[str, str]:
 
 
 def json_config(config: Any) -> Any:
-    """The experiment config as plain JSON values (tuples as lists), as saved with checkpoints."""
-    return json.loads(json.dumps(dict(config), default=str))
+    """The experiment config as plain JSON values (mappings, ``ConfigDict`` included, as dicts;
+    tuples as lists), as saved with checkpoints."""
+
+    def plain(value: Any) -> Any:
+        if hasattr(value, "to_dict"):
+            value = value.to_dict()
+        if isinstance(value, Mapping):
+            return {str(key): plain(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(item) for item in value]
+        return value
+
+    return json.loads(json.dumps(plain(config), default=str))

@@ -16,10 +16,11 @@ import logging
 import os
 import shutil
 import socket
+import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from noise_research.config_schema import ConfigError, differences
+from noise_research.config_schema import ConfigError, differences, flatten
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,8 @@ def check_writable(workdir: str) -> None:
         )
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_probe_{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        with tempfile.TemporaryFile(dir=workdir) as probe:  # a unique name, gone when closed
+            probe.write(b"ok")
     except OSError as error:
         raise ConfigError(
             f"--workdir={workdir}: cannot write there ({error.strerror or error}: "
@@ -54,13 +53,17 @@ class WorkdirLock:
     """An exclusive claim on a workdir by one run's chief process (``with WorkdirLock(dir):``).
 
     ``LOCK`` is created with O_CREAT | O_EXCL, atomic on local disks and on NFS v3+, and holds the
-    host, the pid and the start time. A lock whose process has died on this host (a run killed
-    with ``kill -9`` or out of memory) is taken over, with one line saying so. A lock held from
-    another host cannot be checked from here: the run is refused, naming the holder; delete
-    ``LOCK`` if that run is gone. Object storage has no exclusive create: URLs (gs://, s3://) are
-    refused by :func:`check_writable`; on a bucket mounted as a filesystem (gcsfuse, s3fs) the
-    lock is only as exclusive as the mount's O_EXCL, so there it guards against a second run
-    started by mistake, not against two started in the same instant.
+    host, the pid, the process's identity (boot id and start time, where /proc has them), the
+    SLURM job id if any, and the start time. It is taken over, with one line saying so, when its
+    run is provably gone: on this host, its process has died (``kill -9``, out of memory) or its
+    pid now belongs to another process (a restarted container reuses pids, this one's included);
+    anywhere, it was taken by an earlier run of this same SLURM job (a requeued job may start on
+    another node). A lock held from another host otherwise cannot be checked from here: the run
+    is refused, naming the holder; delete ``LOCK`` if that run is gone. Object storage has no
+    exclusive create: URLs (gs://, s3://) are refused by :func:`check_writable`; on a bucket
+    mounted as a filesystem (gcsfuse, s3fs) the lock is only as exclusive as the mount's O_EXCL,
+    so there it guards against a second run started by mistake, not against two started in the
+    same instant.
     """
 
     def __init__(self, workdir: str):
@@ -71,6 +74,8 @@ class WorkdirLock:
         holder = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "process": process_identity(os.getpid()),
+            "slurm_job": os.environ.get("SLURM_JOB_ID"),
             "started": _now(),
         }
         for _ in range(2):  # the second try after taking over a stale lock
@@ -109,19 +114,39 @@ def _read_lock(path: str) -> dict[str, Any]:
         return {}
 
 
+def process_identity(pid: int) -> str | None:
+    """``boot id/start time`` of process ``pid`` (Linux /proc), which a reused pid does not share;
+    None where /proc does not say."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        with open(f"/proc/{pid}/stat") as f:
+            start_time = f.read().rsplit(")", 1)[1].split()[19]  # field 22, after the name
+    except (OSError, IndexError):
+        return None
+    return f"{boot}/{start_time}"
+
+
 def _is_stale(holder: Mapping[str, Any]) -> bool:
-    """A lock we can prove nobody holds: unreadable, or its process is gone from this host."""
+    """A lock we can prove nobody holds (see :class:`WorkdirLock`)."""
     if not holder or "pid" not in holder:
-        return True
+        return True  # half written by a killed process
+    job = os.environ.get("SLURM_JOB_ID")
+    if job is not None and holder.get("slurm_job") == job:
+        return True  # this job's earlier run: a job runs once at a time
     if holder.get("host") != socket.gethostname():
         return False
+    pid = int(holder["pid"])
+    if pid == os.getpid():
+        return True  # not us: we are only now taking it; a restarted container reused the pid
     try:
-        os.kill(int(holder["pid"]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:  # alive, another user's
-        return False
-    return False
+        pass
+    recorded, now = holder.get("process"), process_identity(pid)
+    return recorded is not None and now is not None and recorded != now
 
 
 def _describe_holder(holder: Mapping[str, Any]) -> str:
@@ -149,8 +174,9 @@ def set_aside(workdir: str, paths: Iterable[str], label: str) -> str:
 
 
 def set_aside_run(workdir: str) -> str | None:
-    """Moves everything of the run in ``workdir`` (not the lock, not earlier set-asides) aside."""
-    names = [n for n in sorted(os.listdir(workdir)) if n not in (LOCK_NAME, SET_ASIDE)]
+    """Moves everything of the run in ``workdir`` aside: not the lock, not earlier set-asides, not
+    ``logs/`` (``launch/local.sh`` appends the processes' output there, open while they run)."""
+    names = [n for n in sorted(os.listdir(workdir)) if n not in (LOCK_NAME, SET_ASIDE, "logs")]
     if not names:
         return None
     return set_aside(workdir, [os.path.join(workdir, n) for n in names], "replaced-run")
@@ -160,6 +186,7 @@ def config_change(
     checkpointed: Mapping[str, Any],
     now: Mapping[str, Any],
     free_keys: set[str],
+    defaults: Mapping[str, Any],
     *,
     workdir: str,
     step: int,
@@ -167,20 +194,34 @@ def config_change(
 ) -> list[tuple[str, Any, Any]]:
     """The differences between the checkpointed run's config and this one, if resuming may go on.
 
-    Raises ConfigError naming the keys that differ, unless every one is in ``free_keys`` or
+    Raises ConfigError naming the keys that differ, unless every one is in ``free_keys``, is a key
+    the checkpointed config does not have (written by an older version of the code) whose value
+    now is its default ``defaults[key]`` (a new key's default keeps the old behaviour), or
     ``on_config_change`` is ``'resume'`` (the user's explicit choice). ``'restart'`` is handled by
     the caller before any checkpoint is read.
     """
+    known_before = flatten(json.loads(json.dumps(checkpointed)))
+
+    def free(key: str, after: Any) -> bool:
+        if key in free_keys:
+            return True
+        return key not in known_before and key in defaults and after == defaults[key]
+
     changed = differences(checkpointed, now)
-    refused = [change for change in changed if change[0] not in free_keys]
+    refused = [(key, before, after) for key, before, after in changed if not free(key, after)]
     if refused and on_config_change == "refuse":
-        listed = ", ".join(f"{key}: {before!r} -> {after!r}" for key, before, after in refused)
         raise ConfigError(
-            f"{workdir} holds a run (step {step}) whose config differs: {listed}; use a new "
-            "--workdir, or --on_config_change=restart to set that run aside and start over, or "
-            "--on_config_change=resume to continue it with the new values"
+            f"{workdir} holds a run (step {step}) whose config differs: "
+            f"{describe_changes(refused)}; use a new --workdir, or --on_config_change=restart to "
+            "set that run aside and start over, or --on_config_change=resume to continue it with "
+            "the new values"
         )
     return changed
+
+
+def describe_changes(changed: list[tuple[str, Any, Any]]) -> str:
+    """``key: before -> after, ...``."""
+    return ", ".join(f"{key}: {before!r} -> {after!r}" for key, before, after in changed)
 
 
 def record_config(
