@@ -48,14 +48,14 @@ def test_halftone_benchmark_writes_json(tmp_path):
 def test_classify_benchmark_writes_json_with_overheads(tmp_path):
     out = tmp_path / "classify.json"
     completed = _bench(
-        tmp_path, "classify", f"--out={out}", "--depths=18", "--variants=none,pow", "--batch=2",
+        tmp_path, "classify", f"--out={out}", "--depths=10", "--variants=none,pow", "--batch=2",
         "--size=32", "--dtype=float32", "--repeats=1",
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
     payload = json.loads(out.read_text())
     assert [(r["model"], r["variant"]) for r in payload["train"]] == [
-        ("resnet18", "none"),
-        ("resnet18", "pow"),
+        ("resnet10", "none"),
+        ("resnet10", "pow"),
     ]
     assert all(r["images_per_second"] > 0 for r in payload["train"])
     assert "overhead_percent" in payload["train"][1]
