@@ -51,7 +51,8 @@ _ON_CONFIG_CHANGE = flags.DEFINE_enum(
     ["refuse", "resume", "restart"],
     "When --workdir holds a run whose config differs in a key that changes what is trained: "
     "'refuse' (stop, naming the keys), 'resume' (continue that run with the new values), "
-    "'restart' (set that run aside in WORKDIR/set_aside/ and start over). Cadences and other "
+    "'restart' (set that run aside in WORKDIR/set_aside/ and start over; the same command again "
+    "resumes the new run). Cadences and other "
     "keys declared resumable may always change; each change is recorded in config_changes.jsonl.",
 )
 flags.mark_flags_as_required(["config"])

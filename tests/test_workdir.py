@@ -147,6 +147,15 @@ def test_on_config_change_resume_continues_and_restart_sets_the_old_run_aside(tm
     assert [r["step"] for r in read_metrics(str(old_run), "train")] == [2, 4, 6]
     assert [r["step"] for r in read_metrics(str(tmp_path), "train")] == [2]
 
+    again = train(  # the same command, e.g. a requeued job: it resumes the run it started
+        _configured(4),
+        _config(num_steps=4),
+        str(tmp_path),
+        devices=_cpu(1),
+        on_config_change="restart",
+    )
+    assert again.resumed_from == 2 and len(_set_aside(tmp_path)) == 1
+
 
 @pytest.mark.parametrize(("schedule", "free"), [("constant", True), ("cosine", False)])
 def test_num_steps_may_change_only_when_no_schedule_depends_on_it(schedule, free):

@@ -98,6 +98,16 @@ class Checkpointer:
             return restored.state, meta
         return None
 
+    def newest_meta(self) -> dict[str, Any] | None:
+        """The meta of the newest checkpoint whose meta reads (its state is not read); None if
+        there is none."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                return dict(self.manager.restore(step, args=_META_ONLY).meta)
+            except Exception:
+                continue
+        return None
+
     def _report_damaged(self, step: int, error: Exception) -> None:
         self.damaged.append(step)
         log.warning(

@@ -25,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from noise_research import config_schema as cs
+from noise_research.config_schema import differences
 from noise_research.data.base import BatchSource, worker_batches
 from noise_research.tasks.base import Task
 from noise_research.train.checkpoint import Checkpointer
@@ -38,6 +39,7 @@ from noise_research.train.workdir import (
     config_change,
     describe_changes,
     record_config,
+    refused_changes,
     set_aside,
     set_aside_run,
 )
@@ -261,15 +263,8 @@ def _train(
     run_config = json_config(task.config)
 
     if on_config_change == "restart":
-
-        def set_aside_earlier_run() -> None:
-            moved = set_aside_run(workdir) if is_chief else None
-            if moved:
-                log.warning(
-                    "the earlier run in %s is set aside in %s; starting over", workdir, moved
-                )
-
-        on_every_process("set the earlier run aside", set_aside_earlier_run)
+        _restart_if_config_differs(task, workdir, run_config)
+        on_config_change = "refuse"  # what is left is this config's run, or nothing
     checkpointer = Checkpointer(
         os.path.join(workdir, "checkpoints"),
         save_every=config.checkpoint_every,
@@ -453,6 +448,38 @@ def _train(
         preempted=preempted,
         resumed_from=resumed_from,
     )
+
+
+def _restart_if_config_differs(task: Task, workdir: str, run_config: dict[str, Any]) -> None:
+    """``--on_config_change=restart``: sets the run in ``workdir`` aside when its newest checkpoint
+    has a config this run may not resume, so a requeued or repeated command with the flag resumes
+    the run it started instead of starting over again."""
+    peek = Checkpointer(
+        os.path.join(workdir, "checkpoints"), save_every=1, keep=1, async_save=False
+    )
+    try:
+        meta = peek.newest_meta()
+    finally:
+        peek.close()
+    if meta is None or "config" not in meta:
+        return
+    changed = differences(meta["config"], run_config)
+    if not refused_changes(
+        meta["config"], changed, task.keys_free_on_resume(), task.config_defaults()
+    ):
+        return
+
+    def set_aside_earlier_run() -> None:
+        if jax.process_index() == 0:
+            moved = set_aside_run(workdir)
+            log.warning(
+                "the run in %s had another config (%s): set aside in %s; starting over",
+                workdir,
+                describe_changes(changed),
+                moved,
+            )
+
+    on_every_process("set the earlier run aside", set_aside_earlier_run)
 
 
 def _restore_or_init(

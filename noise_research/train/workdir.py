@@ -198,17 +198,10 @@ def config_change(
     the checkpointed config does not have (written by an older version of the code) whose value
     now is its default ``defaults[key]`` (a new key's default keeps the old behaviour), or
     ``on_config_change`` is ``'resume'`` (the user's explicit choice). ``'restart'`` is handled by
-    the caller before any checkpoint is read.
+    the caller before any state is read (:func:`refused_changes` of the newest checkpoint's meta).
     """
-    known_before = flatten(json.loads(json.dumps(checkpointed)))
-
-    def free(key: str, after: Any) -> bool:
-        if key in free_keys:
-            return True
-        return key not in known_before and key in defaults and after == defaults[key]
-
     changed = differences(checkpointed, now)
-    refused = [(key, before, after) for key, before, after in changed if not free(key, after)]
+    refused = refused_changes(checkpointed, changed, free_keys, defaults)
     if refused and on_config_change == "refuse":
         raise ConfigError(
             f"{workdir} holds a run (step {step}) whose config differs: "
@@ -217,6 +210,23 @@ def config_change(
             "the new values"
         )
     return changed
+
+
+def refused_changes(
+    checkpointed: Mapping[str, Any],
+    changed: list[tuple[str, Any, Any]],
+    free_keys: set[str],
+    defaults: Mapping[str, Any],
+) -> list[tuple[str, Any, Any]]:
+    """The ``changed`` keys a resume may not take (see :func:`config_change`)."""
+    known_before = flatten(json.loads(json.dumps(checkpointed)))
+
+    def free(key: str, after: Any) -> bool:
+        if key in free_keys:
+            return True
+        return key not in known_before and key in defaults and after == defaults[key]
+
+    return [(key, before, after) for key, before, after in changed if not free(key, after)]
 
 
 def describe_changes(changed: list[tuple[str, Any, Any]]) -> str:
