@@ -25,7 +25,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from noise_research import config_schema as cs
-from noise_research.config_schema import differences
 from noise_research.data.base import BatchSource, worker_batches
 from noise_research.tasks.base import Task
 from noise_research.train.checkpoint import Checkpointer
@@ -463,7 +462,7 @@ def _restart_if_config_differs(task: Task, workdir: str, run_config: dict[str, A
         peek.close()
     if meta is None or "config" not in meta:
         return
-    changed = differences(meta["config"], run_config)
+    changed = cs.differences(meta["config"], run_config)
     if not refused_changes(
         meta["config"], changed, task.keys_free_on_resume(), task.config_defaults()
     ):
