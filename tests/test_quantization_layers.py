@@ -229,6 +229,23 @@ def test_hyper_power_exponents_depend_on_channel_statistics():
     assert abs(float(exponent_plus_one[0] - exponent_plus_one[1])) > 1e-3
 
 
+def test_hyper_power_gradients_are_finite_on_a_constant_channel():
+    """Channel 0 is exactly constant (as a 1×1 feature map or an all-zero ReLU channel is)."""
+    module = HyperPower(groups=2, hidden_features=8)
+    inputs = INPUTS.copy()
+    inputs[..., 0] = 0.5
+    variables = _init(module, inputs)
+    params = {**variables["params"], "exponents": _plus(variables["params"]["exponents"], 0.1)}
+
+    def loss(params, inputs):
+        return jnp.sum(module.apply({"params": params}, inputs) ** 2)
+
+    param_grads, input_grads = jax.grad(loss, argnums=(0, 1))(params, inputs)
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(param_grads))
+    assert np.isfinite(input_grads).all()
+    assert np.abs(input_grads).max() > 0
+
+
 @pytest.mark.parametrize("quantization", ["pow", "hpow", "sf_pow"])
 def test_quantized_conv_gradients_match_finite_differences(quantization):
     # The floor is piecewise constant: for "sf_pow" a huge β makes τ the identity up to 1e-12, so

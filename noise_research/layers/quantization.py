@@ -266,11 +266,18 @@ class SignedPower(nn.Module):
         return copies
 
 
+CHANNEL_STD_EPSILON = 1e-5
+"""ε of HPOW's channel σ = √(var + ε) (BatchNorm's ε)."""
+
+
 class HyperPower(nn.Module):
     """ψ(X_c, α_{b,λ,c}) with exponents from a hyper-network of the input's statistics (eq. 7).
 
     α = F(μ_X, σ_X): μ and σ are the mean and standard deviation of each input channel over
-    (H, W), per sample, so α is per (sample b, output group λ, input channel c). F (our choice, the
+    (H, W), per sample, so α is per (sample b, output group λ, input channel c). σ is
+    √(var + ε) with ε = `CHANNEL_STD_EPSILON`: √var has an infinite derivative at var = 0, so an
+    exactly constant channel (any 1×1 feature map, a ReLU channel that is all zero) would give NaN
+    gradients to every layer before this one. F (our choice, the
     paper does not specify it) is Dense(hidden_features) → ReLU → Dense(Λ·C), followed by
     α = softplus(z + softplus⁻¹(1)) − 1: this keeps α > −1 (ψ stays continuous and monotone for any
     input statistics) and gives α = 0, the identity, at z = 0. The last Dense layer is initialised
@@ -297,7 +304,7 @@ class HyperPower(nn.Module):
         batch, channels = inputs.shape[0], inputs.shape[-1]
         statistics_input = inputs.astype(jnp.promote_types(inputs.dtype, jnp.float32))
         channel_mean = statistics_input.mean(axis=(1, 2))
-        channel_std = statistics_input.std(axis=(1, 2))
+        channel_std = jnp.sqrt(statistics_input.var(axis=(1, 2)) + CHANNEL_STD_EPSILON)
         hidden = nn.relu(
             nn.Dense(self.hidden_features, name="hidden")(
                 jnp.concatenate([channel_mean, channel_std], axis=-1)
