@@ -185,10 +185,19 @@ def test_tfds_dataset_trains_through_the_same_task(tmp_path):
     assert np.isfinite(result.train_metrics["loss"])
 
 
-def test_report_writes_pictures_and_comparison_table(tmp_path):
+def test_report_writes_pictures_and_comparison_table(tmp_path, monkeypatch):
     config = tiny_halftone_config()
     task = halftone.build(config)
     state = task.init(jax.random.PRNGKey(0), task.train_source(0, 1).batch(0))
+    drawn = {}  # what the line figures were asked to draw
+    for writer in ("save_line_plot", "save_line_plot_grid"):
+        original = getattr(halftone, writer)
+
+        def spy(path, curves, *args, _original=original, **kwargs):
+            drawn[os.path.basename(path)] = (curves, kwargs.get("colors"))
+            return _original(path, curves, *args, **kwargs)
+
+        monkeypatch.setattr(halftone, writer, spy)
     report = task.report(jax.device_get(state), str(tmp_path), step=0)
     out = tmp_path / "report" / "step_0000000"
     for name in ("samples.png", "gray_ramps.png", "spectra.png", "anisotropy.png", "comparison.md"):
@@ -196,6 +205,13 @@ def test_report_writes_pictures_and_comparison_table(tmp_path):
     with open(out / "comparison.json") as f:
         table = json.load(f)["methods"]
     assert {"nib-resnet", "floyd_steinberg", "ordered"} <= set(table)
+    # Spectra: one panel per gray level, each with every method; one colour per method, the same
+    # in the anisotropy figure.
+    spectra, spectra_colors = drawn["spectra.png"]
+    assert list(spectra) == ["g = 1/8", "g = 1/4", "g = 1/2"]
+    assert all(list(panel) == list(table) for panel in spectra.values())
+    assert len(set(spectra_colors.values())) == len(table)
+    assert drawn["anisotropy.png"][1] == spectra_colors
     # Floyd–Steinberg is blue noise: little low-frequency power on mid-gray, good tone.
     assert table["floyd_steinberg"]["constant_1/2_low_frequency_energy"] < 0.05
     assert report["floyd_steinberg/constant_tone_psnr"] > 25.0

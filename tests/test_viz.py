@@ -6,7 +6,7 @@ from PIL import Image
 
 from noise_research.viz import save_image_grid, save_line_plot
 from noise_research.viz.images import GRID_PADDING_PX, TITLE_HEIGHT_PX
-from noise_research.viz.plots import LINE_PLOT_SIZE_PX
+from noise_research.viz.plots import LINE_PLOT_SIZE_PX, line_plot_grid, method_colors
 
 
 def test_image_grid_is_a_png_at_native_resolution(tmp_path):
@@ -98,3 +98,20 @@ def test_line_plot_draws_each_curve_on_a_png_of_the_documented_size(tmp_path, lo
 def test_line_plot_rejects_mismatched_curve(tmp_path):
     with pytest.raises(ValueError, match="bad"):
         save_line_plot(tmp_path / "x.png", {"bad": (np.arange(3), np.arange(4))}, "x", "y", "t")
+
+
+def test_a_method_keeps_its_colour_in_every_panel():
+    methods = ["network", "floyd_steinberg", "ordered", "ostromoukhov"]
+    x = np.linspace(0.0, 0.5, 20)
+    panels = {
+        f"g = {g}": {m: (x, (i + 1) * g + x) for i, m in enumerate(methods)} for g in (1, 2, 3)
+    }
+    colors = method_colors(methods)
+    figure = line_plot_grid(panels, "f", "power", ncols=3, logy=True, colors=colors)
+    assert len(figure.axes) == 3
+    for axes in figure.axes:
+        drawn = {line.get_label(): line.get_color() for line in axes.get_lines()}
+        assert drawn == colors
+    assert len(set(colors.values())) == len(methods)
+    with pytest.raises(ValueError, match="at most 10 labels"):
+        method_colors([f"m{i}" for i in range(11)])

@@ -55,7 +55,12 @@ from noise_research.train.optim import OptimizerConfig, make_optimizer
 from noise_research.train.parallel import ParallelContext, cross_replica_mean
 from noise_research.train.rng import step_rngs
 from noise_research.train.state import TrainState, apply_mean_gradients, init_train_state
-from noise_research.viz import save_image_grid, save_line_plot
+from noise_research.viz import (
+    method_colors,
+    save_image_grid,
+    save_line_plot,
+    save_line_plot_grid,
+)
 
 DTYPES = ("float32", "bfloat16")
 EVAL_SEED_OFFSET = 1_000_003  # eval comics come from a seed no training step uses
@@ -489,14 +494,17 @@ class HalftoneTask(Task):
                     titles.append(name)
             save_image_grid(os.path.join(out, file_name), grid, titles, ncols=len(methods) + 1)
 
-        spectra, anisotropies, table = {}, {}, {}
         levels = {"1/8": -0.75, "1/4": -0.5, "1/2": 0.0}
+        spectra: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {
+            f"g = {label}": {} for label in levels
+        }
+        anisotropies, table = {}, {}
         for name, fn in methods.items():
             row: dict[str, float] = {}
             for label, level in levels.items():
                 flat = np.full((4, size, size, 1), level, np.float32)
                 flat_halftones = fn(flat)
-                spectra[f"{name} g={label}"] = metrics.radially_averaged_power_spectrum(
+                spectra[f"g = {label}"][name] = metrics.radially_averaged_power_spectrum(
                     flat_halftones
                 )
                 if label == "1/2":
@@ -505,13 +513,16 @@ class HalftoneTask(Task):
                     metrics.low_frequency_energy(flat_halftones)
                 )
             table[name] = row
-        save_line_plot(
+        # One panel per gray level, as Ulichney plots them; a method has one colour everywhere.
+        colors = method_colors(list(methods))
+        save_line_plot_grid(
             os.path.join(out, "spectra.png"),
             spectra,
             xlabel="radial frequency (cycles/pixel)",
             ylabel="power",
-            title="Radially averaged power spectra of constant-gray halftones",
+            ncols=len(levels),
             logy=True,
+            colors=colors,
         )
         save_line_plot(
             os.path.join(out, "anisotropy.png"),
@@ -519,6 +530,7 @@ class HalftoneTask(Task):
             xlabel="radial frequency (cycles/pixel)",
             ylabel="anisotropy (dB)",
             title="Anisotropy of mid-gray halftones",
+            colors=colors,
         )
 
         eval_source = self.eval_source(0, 1)
