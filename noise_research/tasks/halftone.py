@@ -221,7 +221,10 @@ def demo_from_arg(arg: str | None) -> bool:
 
 
 def binarize(y: jax.Array) -> jax.Array:
-    """``round((y+1)/2)·2 − 1`` in the forward pass, identity gradient (straight-through)."""
+    """+1 where y ≥ 0, −1 elsewhere in the forward pass; identity gradient (straight-through).
+
+    The authors' ``round((y+1)/2)·2 − 1`` agrees except at y = 0 exactly, which torch's
+    round-half-to-even sends to −1 and this sends to +1 (measure zero for a tanh output)."""
     hard = jnp.where(y >= 0, 1.0, -1.0).astype(y.dtype)
     return y + jax.lax.stop_gradient(hard - y)
 
