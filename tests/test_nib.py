@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import serialization
 
-from noise_research.layers import NoiseIncentiveBlock, sample_noise_map
+from noise_research.layers import NoiseIncentiveBlock, pixel_keyed_noise_map, sample_noise_map
 
 MAP_SHAPE = (64, 64, 4)
 BATCH = jnp.linspace(-1.0, 1.0, 2 * 6 * 6 * 1).reshape(2, 6, 6, 1)
@@ -23,6 +23,30 @@ def _apply_with_noise_map(block, variables, inputs=BATCH, noise_seed=None):
     rngs = {} if noise_seed is None else {"noise": jax.random.key(noise_seed)}
     outputs, state = block.apply(variables, inputs, rngs=rngs, mutable=["intermediates"])
     return outputs, state["intermediates"]["noise_map"][0]
+
+
+# --- pixel_keyed_noise_map --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "distribution, scale, mean, std",
+    [
+        ("normal", 0.3, 0.0, 0.3),
+        ("uniform", 0.3, 0.0, 0.3 / np.sqrt(3.0)),
+        ("bernoulli", 0.2, 0.2, 0.4),
+    ],
+)
+def test_pixel_keyed_map_is_a_crop_of_any_larger_map_with_the_right_statistics(
+    distribution, scale, mean, std
+):
+    key = jax.random.key(3)
+    small = np.asarray(pixel_keyed_noise_map(key, (24, 40, 2), distribution, scale))
+    large = np.asarray(pixel_keyed_noise_map(key, MAP_SHAPE, distribution, scale))
+    np.testing.assert_array_equal(small, large[:24, :40, :2])
+    assert np.abs(np.corrcoef(large[:-1, :, 0].ravel(), large[1:, :, 0].ravel())[0, 1]) < 0.05
+    assert np.abs(np.corrcoef(large[..., 0].ravel(), large[..., 1].ravel())[0, 1]) < 0.05
+    np.testing.assert_allclose(large.mean(), mean, atol=0.015)
+    np.testing.assert_allclose(large.std(), std, rtol=0.03)
 
 
 # --- sample_noise_map -------------------------------------------------------------------------
@@ -104,6 +128,16 @@ def test_stationary_noise_is_shared_by_samples_calls_and_restores():
     np.testing.assert_array_equal(_apply_with_noise_map(block, restored)[1], noise_map)
     other_init = _init(block, seed=1)  # a different init key gives a different stationary map
     assert not np.array_equal(_apply_with_noise_map(block, other_init)[1], noise_map)
+
+
+def test_stationary_map_of_a_small_input_is_the_top_left_of_a_large_inputs_map():
+    # A stationary NIB trained on crops sees, on a full-size image, the same noise where the crop
+    # lay (the top-left corner): one map for every input size.
+    block = NoiseIncentiveBlock(features=4)
+    variables = _init(block)
+    _, crop_map = _apply_with_noise_map(block, variables, jnp.zeros((1, 16, 12, 1)))
+    _, full_map = _apply_with_noise_map(block, variables, jnp.zeros((1, 48, 40, 1)))
+    np.testing.assert_array_equal(crop_map[0], full_map[0, :16, :12])
 
 
 def test_dynamic_noise_differs_per_sample_and_key_and_needs_the_rng():

@@ -1,7 +1,11 @@
 """Pure-functional Flax linen layers, one module per family (+ shared noise-map helpers)."""
 
 from noise_research.layers.nib import NIB_COMBINES, NoiseIncentiveBlock
-from noise_research.layers.noise_maps import NOISE_DISTRIBUTIONS, sample_noise_map
+from noise_research.layers.noise_maps import (
+    NOISE_DISTRIBUTIONS,
+    pixel_keyed_noise_map,
+    sample_noise_map,
+)
 from noise_research.layers.quantization import (
     QUANTIZATIONS,
     DoReFaConv,
@@ -29,6 +33,7 @@ __all__ = [
     "dorefa_activations",
     "dorefa_binary_weights",
     "exponent_penalty",
+    "pixel_keyed_noise_map",
     "sample_noise_map",
     "scalable_floor",
     "signed_power",

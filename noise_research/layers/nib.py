@@ -9,8 +9,10 @@ map B, Ĩ = f1(I·B) + f2(I·(1 − B)); and feature-domain, Ĩ = f1(I) + f2(N).
 PRNG policy (DESIGN.md, "Rules that hold everywhere"):
 - stationary noise (the paper's default) comes from the raw key data stored in the non-trainable
   collection 'noise_keys' under 'stationary_noise_key', created at init from the 'params' rng. The
-  map is generated for the input's (H, W, C) and broadcast over the batch: the same for every
-  input, call, device and after a checkpoint restore. It needs no 'noise' rng;
+  map is broadcast over the batch: the same for every input, call, device and after a checkpoint
+  restore. It needs no 'noise' rng. Its pixel (h, w) is a function of (key, h, w) alone
+  (`pixel_keyed_noise_map`), so inputs of every size see crops of one map anchored at the top-left
+  corner: the training crops' map is the top-left of the map a full-size image sees;
 - dynamic noise draws a fresh (H, W, C) map per sample and call from the 'noise' rng stream, the
   map of row i from `fold_in(key, positions[i])` with each row's global position in the example
   stream: an example's map does not depend on the device or backend that computes it. Without
@@ -29,6 +31,7 @@ from noise_research import config_schema as cs
 from noise_research.layers.noise_maps import (
     NOISE_DISTRIBUTIONS,
     per_example,
+    pixel_keyed_noise_map,
     sample_noise_map,
     validate_noise_distribution,
 )
@@ -153,7 +156,7 @@ class NoiseIncentiveBlock(nn.Module):
                 "stationary_noise_key",
                 lambda: jax.random.key_data(self.make_rng("params")),
             )
-            image_noise = sample_noise_map(
+            image_noise = pixel_keyed_noise_map(
                 jax.random.wrap_key_data(stationary_noise_key.value),
                 image_shape,
                 self.distribution,

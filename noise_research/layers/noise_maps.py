@@ -77,6 +77,40 @@ def sample_noise_map(
     return jax.random.bernoulli(key, scale, shape).astype(dtype)
 
 
+def pixel_keyed_noise_map(
+    key: jax.Array,
+    shape: Sequence[int],
+    distribution: str = "normal",
+    scale: float = 0.3,
+    dtype: Dtype = jnp.float32,
+) -> jax.Array:
+    """An (H, W, C) noise map whose pixel (h, w) depends only on (key, h, w), not on H or W.
+
+    Pixel (h, w) holds ``sample_noise_map(fold_in(fold_in(key, h), w), (C,), …)``, so the map of
+    an h × w input is the top-left h × w crop of the map of any larger input: a stationary NIB
+    trained on 64² crops sees the same noise on those pixels when it halftones a 1024² image
+    (``jax.random.normal(key, (H, W, C))`` would draw an unrelated map for every input size). It
+    costs about four times a plain draw of the same size (two hashes per pixel instead of one).
+    The deterministic "grid" needs no key and is position-keyed by construction.
+    """
+    validate_noise_distribution(distribution, scale)
+    if len(shape) != 3:
+        raise ValueError(f"shape={tuple(shape)} must be (H, W, C) for a pixel-keyed map.")
+    if distribution == "grid":
+        return sample_noise_map(None, shape, "grid", scale, dtype)
+    height, width, channels = shape
+
+    def row(row_index: jax.Array) -> jax.Array:
+        row_key = jax.random.fold_in(key, row_index)
+        return jax.vmap(
+            lambda column_index: sample_noise_map(
+                jax.random.fold_in(row_key, column_index), (channels,), distribution, scale, dtype
+            )
+        )(jnp.arange(width))
+
+    return jax.vmap(row)(jnp.arange(height))
+
+
 def example_keys(key: jax.Array, positions: jax.Array) -> jax.Array:
     """One key per example, ``fold_in(key, position)``, for (B,) global positions.
 
