@@ -3,9 +3,11 @@ the stability-training baseline."""
 
 from __future__ import annotations
 
+import functools
 import json
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,8 +16,10 @@ import pytest
 from configs.classify import cifar10_resnet18, digits
 from noise_research import config_schema
 from noise_research.data import digits_split_indices
+from noise_research.layers.quantization import DoReFaConv, QuantizedConv
 from noise_research.tasks import classify
 from noise_research.train.loop import LoopConfig, train
+from noise_research.train.parallel import ParallelContext
 
 
 def tiny_digits_config(variant: str = "none", **train_overrides) -> dict:
@@ -230,3 +234,76 @@ def test_cifar10_config_trains_on_mocked_tfds_with_a_padded_eval(tmp_path):
     assert np.isfinite(result.train_metrics["loss"])
     # 12 mock test images in two batches of 8: the padded four do not count.
     assert result.eval_metrics["weight"] == 12.0
+
+
+def _module_kinds(task: classify.ClassifyTask) -> dict[str, str]:
+    """{module path: class name} of every conv and dense layer the task's model calls."""
+    kinds = {}
+
+    def record(next_fun, args, kwargs, context):
+        module = context.module
+        if context.method_name == "__call__" and isinstance(
+            module, (nn.Conv, nn.Dense, DoReFaConv, QuantizedConv)
+        ):
+            kinds.setdefault("/".join(module.path), type(module).__name__)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(
+            functools.partial(task.model.init, train=False),
+            jax.random.key(0),
+            jnp.zeros((1, 32, 32, 3)),
+        )
+    return kinds
+
+
+@pytest.mark.parametrize("kind", ["dorefa", "pow"])
+def test_dorefa_quantizes_every_conv_but_the_stem_and_the_paper_s_quantizers_follow_where(kind):
+    """The paper restricts only its own quantizers to the 3×3 convs of ResNet-50 (section 3.2);
+    DoReFa is used as in DoReFa-Net: every conv quantized but the first, the classifier plain."""
+    config = tiny_digits_config(kind)
+    config["model"].update(depth=50, width=4)
+    config["model"]["quantizer"]["where"] = "3x3"
+    kinds = _module_kinds(classify.build(config))
+    stage_convs = {  # stage{s}_block{b}/conv{i} (not the plain conv inside a QuantizedConv)
+        path: k for path, k in kinds.items() if path.startswith("stage") and path.count("/") == 1
+    }
+    quantizing = "DoReFaConv" if kind == "dorefa" else "QuantizedConv"
+    three_by_three = {p: k for p, k in stage_convs.items() if p.endswith("conv2")}
+    one_by_one = {p: k for p, k in stage_convs.items() if p not in three_by_three}
+    assert len(three_by_three) == 16 and len(one_by_one) == 36  # ResNet-50's stage convs
+    assert set(three_by_three.values()) == {quantizing}
+    assert set(one_by_one.values()) == {"DoReFaConv" if kind == "dorefa" else "Conv"}
+    assert kinds["stem_conv"] == "Conv" and kinds["classifier"] == "Dense"
+
+
+def test_both_alpha_penalties_are_on_by_default_and_in_the_loss():
+    """Section 2: "we employ ℓ2 and ℓ1 (lasso) regularized terms towards α"."""
+    config = tiny_digits_config("pow")
+    l1, l2 = config["loss"]["alpha_l1"], config["loss"]["alpha_l2"]
+    assert l1 > 0 and l2 > 0
+    task = classify.build(config)
+    batch = task.train_source(0, 1).batch(0)
+    state = task.init(jax.random.key(0), batch)
+    exponents = {}
+
+    def set_alpha(path, leaf):
+        if jax.tree_util.keystr(path).endswith("['alpha']"):
+            value = np.random.default_rng(len(exponents)).uniform(-0.05, 0.05, leaf.shape)
+            exponents[jax.tree_util.keystr(path)] = value
+            return jnp.asarray(value, leaf.dtype)
+        return leaf
+
+    state = state.replace(params=jax.tree_util.tree_map_with_path(set_alpha, state.params))
+    assert len(exponents) == 11  # ResNet-10: 8 stage convs and 3 shortcut projections
+    alphas = np.concatenate([a.ravel() for a in exponents.values()])
+    step = jax.jit(functools.partial(task.train_step, parallel=ParallelContext()))
+    _, metrics = step(state, {k: jnp.asarray(v) for k, v in batch.items()})
+    metrics = {name: float(value) for name, value in metrics.items()}
+    expected = l1 * np.abs(alphas).sum() + l2 * np.square(alphas).sum()
+    assert metrics["alpha_penalty"] == pytest.approx(expected, rel=1e-4)
+    # Small exponents (|α| < 0.05, where the ℓ1 pull is the larger): ℓ1 is most of the penalty.
+    assert l1 * np.abs(alphas).sum() > 0.5 * expected
+    assert metrics["loss"] == pytest.approx(
+        metrics["cross_entropy"] + metrics["alpha_penalty"], rel=1e-5
+    )

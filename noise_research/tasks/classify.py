@@ -2,10 +2,13 @@
 
 A ResNet whose convolutions can quantize their inputs (``model.quantizer.kind``): plain, SF
 (scalable floor, eq. 3), POW (learnable signed power, eq. 5), HPOW (hyper-network exponents,
-eq. 7), SF-POW, or the DoReFa baseline (weights 1 bit, activations 4 bits). The quantizing conv
-sits before every conv (``where='all'``) or only before the 3×3 convs (``'3x3'``, the paper's
-ResNet-50 setting). The loss is cross-entropy (optional label smoothing) plus the ℓ1 / ℓ2 penalties
-on the exponents α that the POW / HPOW layers sow into the ``'penalties'`` collection.
+eq. 7), SF-POW, or the DoReFa baseline (weights 1 bit, activations 4 bits). The paper's
+quantizers sit before every conv of the residual stages (``where='all'``) or only before the 3×3
+ones (``'3x3'``, the paper's ResNet-50 setting); DoReFa quantizes every stage conv whatever
+``where`` says (DoReFa-Net's convention, :func:`quantizes_1x1_convs`). The stem conv and the
+classifier are plain for every kind. The loss is cross-entropy (optional label smoothing) plus
+the ℓ1 / ℓ2 penalties on the exponents α that the POW / HPOW layers sow into the ``'penalties'``
+collection.
 
 Inputs are RGB in [0, 1]; the task normalises them with the ImageNet channel mean and std.
 BatchNorm statistics are averaged across devices (global batch under jit, ``axis_name`` under pmap).
@@ -114,7 +117,8 @@ class QuantizerConfig:
     where: str = cs.setting(
         "all",
         cs.one_of(*QUANTIZER_PLACES),
-        "before every conv ('all') or only the 3×3 convs ('3x3', the paper's ResNet-50)",
+        "before every stage conv ('all') or only the 3×3 ones ('3x3', the paper's ResNet-50); "
+        "DoReFa ignores it (every conv but the stem, as in DoReFa-Net)",
     )
     groups: int = cs.setting(
         1,
@@ -156,13 +160,32 @@ class ClassifyModel:
     quantizer: QuantizerConfig = cs.subsection(QuantizerConfig, "what each conv does to its input")
 
 
+ALPHA_L1 = 1e-5
+"""Default weight of the ℓ1 (lasso) penalty l1·Σ|α| (see `ClassifyLoss`)."""
+ALPHA_L2 = 1e-4
+"""Default weight of the ℓ2 penalty l2·Σα² (see `ClassifyLoss`)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ClassifyLoss:
-    """The ``loss`` section."""
+    """The ``loss`` section.
+
+    The α penalties follow the paper (section 2, after eq. 6: "we employ ℓ2 and ℓ1 (lasso)
+    regularized terms towards α"): both are on by default. The paper gives no weights (its
+    supplementary analysis is not public), so ours are: ℓ2 1e-4, the usual weight decay of a
+    ResNet, which restrains the exponents that grow past 1; ℓ1 1e-5, whose constant pull
+    (1e-5 per exponent) equals ℓ2's (2·1e-4·|α|) at |α| = 0.05, so it dominates only for small
+    exponents and pulls those that do not help the loss towards 0, the identity ψ(x, 0) = x.
+    Both sum over every exponent of every layer (HPOW: the batch mean of its per-sample ones).
+    """
 
     label_smoothing: float = cs.setting(0.1, cs.fraction_below_one(), "label smoothing")
-    alpha_l1: float = cs.setting(0.0, cs.number(minimum=0.0), "ℓ1 penalty on the exponents α")
-    alpha_l2: float = cs.setting(1e-4, cs.number(minimum=0.0), "ℓ2 penalty on the exponents α")
+    alpha_l1: float = cs.setting(
+        ALPHA_L1, cs.number(minimum=0.0), "ℓ1 (lasso) penalty weight on the exponents α, ·Σ|α|"
+    )
+    alpha_l2: float = cs.setting(
+        ALPHA_L2, cs.number(minimum=0.0), "ℓ2 penalty weight on the exponents α, ·Σα²"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,6 +343,18 @@ def quantizing_conv(quantizer: QuantizerConfig) -> type[nn.Module] | functools.p
     )
 
 
+def quantizes_1x1_convs(quantizer: QuantizerConfig) -> bool:
+    """Whether the 1×1 convs of the residual stages (bottleneck and shortcut projections) quantize.
+
+    ``where`` restricts the paper's own quantizers (section 3.2: "For ResNet-50, the proposed
+    methods are only employed before the convolution layers with 3×3 kernels"). The DoReFa
+    baseline is used "as suggested in their paper" (DoReFa-Net, Zhou et al. 2016): every
+    convolution quantized except the first layer, the classifier in full precision, whatever
+    ``where`` says. For every kind the stem conv and the classifier stay plain (`ResNet`).
+    """
+    return quantizer.where == "all" or quantizer.kind == "dorefa"
+
+
 class ClassifyTask(Task):
     """Train / eval steps of the classifier (see the module docstring)."""
 
@@ -341,7 +376,7 @@ class ClassifyTask(Task):
             stem=model.stem,
             width=model.width,
             conv3x3=conv,
-            conv1x1=conv if model.quantizer.where == "all" else nn.Conv,
+            conv1x1=conv if quantizes_1x1_convs(model.quantizer) else nn.Conv,
             dtype=jnp.dtype(model.dtype),
         )
         num_steps = cs.read_section(LoopConfig, config["train"]).num_steps
