@@ -67,8 +67,11 @@ def _distort_at_all_strengths(name: str):
     """(images, key) -> [images at strengths 1…4]; one jitted call for device distortions."""
 
     def distort(images, key):
+        labels = jnp.zeros(images.shape[0], jnp.int32)
         return [
-            apply_distortion(name, images, strength, key, saliency_fn=image_gradient_saliency)
+            apply_distortion(
+                name, images, strength, key, saliency_fn=image_gradient_saliency, labels=labels
+            )
             for strength in (1, 2, 3, 4)
         ]
 
@@ -79,7 +82,8 @@ def test_registry_follows_the_paper():
     assert tuple(DISTORTIONS) == PAPER_ORDER
     for name, distortion in DISTORTIONS.items():
         assert distortion.name == name
-        assert distortion.kind == ("host" if name in ("jpeg", "jpeg2000") else "device")
+        # The mixture contains the JPEG codec (section 3.1), a host one.
+        assert distortion.kind == ("host" if name in ("jpeg", "jpeg2000", "mixture") else "device")
         assert len(distortion.levels) == 4
     assert [d.title for d in DISTORTIONS.values()] == [
         "M.Blur", "D.Blur", "Jpeg", "Jpeg2K", "Aber.", "S.&P.", "NGRN",
@@ -194,13 +198,14 @@ def test_targeted_occlusion_blacks_out_the_most_salient_cells(clean_images):
     saliency_map[8:12, 20:24] = 2.0
     saliency_map[24:28, 4:8] = 1.0
 
-    def saliency_fn(images):
+    def saliency_fn(images, labels):
         return jnp.broadcast_to(saliency_map, images.shape[:3])
 
     key = _rbg_key(0)
     clean = np.asarray(clean_images)
-    once = np.asarray(distortions.targeted_occlusion(clean_images, 1, key, saliency_fn))
-    twice = np.asarray(distortions.targeted_occlusion(clean_images, 2, key, saliency_fn))
+    labels = jnp.zeros(clean.shape[0], jnp.int32)
+    once = np.asarray(distortions.targeted_occlusion(clean_images, 1, key, saliency_fn, labels))
+    twice = np.asarray(distortions.targeted_occlusion(clean_images, 2, key, saliency_fn, labels))
     expected_once = clean.copy()
     expected_once[:, 8:12, 20:24] = 0.0
     np.testing.assert_array_equal(once, expected_once)
@@ -209,7 +214,9 @@ def test_targeted_occlusion_blacks_out_the_most_salient_cells(clean_images):
     np.testing.assert_array_equal(twice, expected_twice)
 
 
-def test_gradient_saliency_of_a_linear_classifier_is_its_top_class_weights():
+def test_gradient_saliency_of_a_linear_classifier_is_its_true_class_weights():
+    """The paper's targeted occlusion is "only targeted for the ground truth label" (section
+    3.2): the saliency is that of each image's label, not of the predicted class."""
     height, width, classes = 6, 5, 3
     rng = np.random.default_rng(5)
     weights = jnp.asarray(rng.normal(size=(height, width, 3, classes)), jnp.float32)
@@ -218,10 +225,13 @@ def test_gradient_saliency_of_a_linear_classifier_is_its_top_class_weights():
     def apply_fn(batch):
         return jnp.einsum("bhwc,hwck->bk", batch, weights)
 
-    saliency = jax.jit(gradient_saliency(apply_fn))(images)
     top_class = np.argmax(np.asarray(apply_fn(images)), axis=-1)
-    expected = np.max(np.abs(np.asarray(weights)), axis=2)[..., top_class].transpose(2, 0, 1)
+    labels = (top_class + 1) % classes  # true classes that the model does not predict
+    saliency = jax.jit(gradient_saliency(apply_fn))(images, jnp.asarray(labels))
+    per_class = np.max(np.abs(np.asarray(weights)), axis=2)  # (H, W, classes)
+    expected = per_class[..., labels].transpose(2, 0, 1)
     np.testing.assert_allclose(np.asarray(saliency), expected, rtol=1e-5)
+    assert not np.allclose(expected, per_class[..., top_class].transpose(2, 0, 1))
 
 
 def test_bad_arguments_raise_value_errors(clean_images):
@@ -233,6 +243,10 @@ def test_bad_arguments_raise_value_errors(clean_images):
             apply_distortion("salt_and_pepper", clean_images, strength, key)
     with pytest.raises(ValueError, match="saliency_fn is required"):
         apply_distortion("targeted_occlusion", clean_images, 1, key)
+    with pytest.raises(ValueError, match="labels are required"):
+        apply_distortion(
+            "targeted_occlusion", clean_images, 1, key, saliency_fn=image_gradient_saliency
+        )
     with pytest.raises(ValueError, match=r"\(B, H, W, 3\)"):
         apply_distortion("motion_blur", clean_images[..., :1], 1, key)
     with pytest.raises(ValueError, match="floating"):
@@ -246,3 +260,35 @@ def test_gallery_png_has_one_row_per_distortion_and_five_columns(tmp_path, clean
         width, height = png.size
     assert width == 5 * (IMAGE_SIDE + GRID_PADDING_PX) + GRID_PADDING_PX
     assert height == 12 * (IMAGE_SIDE + TITLE_HEIGHT_PX + GRID_PADDING_PX) + GRID_PADDING_PX
+
+
+def test_mixture_composes_all_four_of_the_paper_s_components_on_every_image(clean_images):
+    """Section 3.1: "a mixture of various types of synthetic distortions (Additive Gaussian noise
+    in CbCr channels, Salt and pepper, Inpainting and Jpeg compression)": every image gets all of
+    them, JPEG through the host codec, salt and pepper last."""
+    assert set(distortions.MIXTURE_COMPONENTS) == {
+        "cbcr_noise", "salt_and_pepper", "inpainting", "jpeg"
+    }  # fmt: skip
+    key = _rbg_key(3)
+    strength = 2
+    mixed = apply_distortion("mixture", clean_images, strength, key)
+    assert isinstance(mixed, np.ndarray) and mixed.dtype == np.float32
+
+    expected = np.asarray(clean_images)
+    for name, component_key in zip(
+        distortions.MIXTURE_COMPONENTS, jax.random.split(key, 4), strict=True
+    ):
+        expected = np.asarray(apply_distortion(name, expected, strength, component_key))
+    np.testing.assert_array_equal(mixed, expected)
+
+    # Every image has salt-and-pepper pixels (~5 % at strength 2, all channels 0 or all 1)...
+    extreme = np.all(mixed == 0.0, axis=-1) | np.all(mixed == 1.0, axis=-1)
+    assert np.all(extreme.mean(axis=(1, 2)) > 0.02), extreme.mean(axis=(1, 2))
+    # ... and away from them, every image differs from salt and pepper alone on the clean image
+    # by more than JPEG's 8-bit rounding: the other components were applied to it too.
+    salt_and_pepper_key = jax.random.split(key, 4)[3]
+    only_salt_and_pepper = np.asarray(
+        apply_distortion("salt_and_pepper", clean_images, strength, salt_and_pepper_key)
+    )
+    difference = np.abs(mixed - only_salt_and_pepper).max(axis=-1)
+    assert np.all(np.where(extreme, 0.0, difference).mean(axis=(1, 2)) > 0.02)

@@ -17,7 +17,12 @@ same noise, strokes, directions, pixels), only their amount does, so a stronger 
 from the clean image.
 
 Two kinds: "device" distortions are pure jnp and jit-able (usable inside an eval step); "host"
-ones (JPEG, JPEG 2000) run Pillow's codecs on numpy arrays, outside jit.
+ones (JPEG, JPEG 2000, and the mixture, which contains JPEG) run Pillow's codecs on numpy arrays,
+outside jit.
+
+The targeted occlusion also takes the images' labels: it occludes where a reference model's
+gradient saliency of the TRUE class is highest (the paper: "obliterate the information important
+for recognition of a target class", with "a pre-trained Plain-18" as the reference).
 """
 
 from __future__ import annotations
@@ -66,9 +71,11 @@ INPAINTING_OPACITIES = (0.4, 0.55, 0.7, 0.85)
 # Targeted occlusion: number of cells of an 8 × 8 grid blacked out (the most salient ones).
 OCCLUSION_GRID_CELLS_PER_SIDE = 8
 OCCLUDED_CELL_COUNTS = (1, 2, 4, 8)
-# Mixture: the paper's components (Sec. 3.1 "Mixed Noise") that run on device; JPEG, the fourth,
-# is a host codec and is left out so that the mixture stays jit-able.
-MIXTURE_COMPONENTS = ("cbcr_noise", "salt_and_pepper", "inpainting")
+# Mixture: the paper's four components (Sec. 3.1 "Mixed Noise": "Additive Gaussian noise in CbCr
+# channels, Salt and pepper, Inpainting and Jpeg compression"), composed on every image in this
+# order (our choice, the paper gives none): what covers the scene (inpainted strokes), sensor noise
+# (CbCr+N), storage (JPEG), transmission errors (salt and pepper), each at the mixture's strength.
+MIXTURE_COMPONENTS = ("inpainting", "cbcr_noise", "jpeg", "salt_and_pepper")
 
 # Inpainting strokes: quadratic Bézier curves drawn as polylines of this many segments, with a
 # width of INPAINTING_WIDTH_FRACTION of the shorter image side (at least 1.5 px), × U(0.75, 1.5).
@@ -84,7 +91,8 @@ _RGB_TO_YCBCR = np.array(
 _YCBCR_TO_RGB = np.linalg.inv(_RGB_TO_YCBCR).astype(np.float32)
 _YCBCR_OFFSET = np.array([0.0, 0.5, 0.5], dtype=np.float32)
 
-SaliencyFn = Callable[[jax.Array], jax.Array]
+SaliencyFn = Callable[[jax.Array, jax.Array], jax.Array]
+"""(images (B, H, W, 3), labels (B,)) -> (B, H, W) saliency of each image's labelled class."""
 DistortionFn = Callable[..., jax.Array | np.ndarray]
 
 
@@ -342,41 +350,46 @@ def inpainting(images: jax.Array, strength: int, key: jax.Array) -> jax.Array:
 
 
 def gradient_saliency(apply_fn: Callable[[jax.Array], jax.Array]) -> SaliencyFn:
-    """Builds a saliency map |∂ logit / ∂ x| from a model's apply function (Simonyan et al. 2014).
+    """Builds a saliency map |∂ logit_y / ∂ x| of the true class y (Simonyan et al. 2014).
 
     Paper Sec. 3.1, targeted occlusion: "We employ gradient methods to obtain a saliency map that
-    records pixel-wise classification scores". The logit differentiated is the predicted (top-1)
-    class of each image (the paper uses the ground-truth class; the saliency function sees no
-    labels), and the saliency of a pixel is the largest |gradient| over its channels.
+    records pixel-wise classification scores" and the occlusion "is designed to obliterate the
+    information important for recognition of a target class"; Sec. 3.2: it "is only targeted for
+    the ground truth label". The logit differentiated is that of each image's label (not the
+    predicted class), and the saliency of a pixel is the largest |gradient| over its channels.
 
     Args:
       apply_fn: images (B, H, W, 3) -> logits (B, classes), e.g.
-        `functools.partial(model.apply, variables)` of a reference classifier in eval mode. It
-        must treat the images of a batch independently.
+        `functools.partial(model.apply, variables)` of a reference classifier in eval mode (the
+        paper: a plain ResNet-18). It must treat the images of a batch independently.
 
     Returns:
-      A jit-able `saliency_fn(images) -> (B, H, W)` non-negative saliency map.
+      A jit-able `saliency_fn(images, labels) -> (B, H, W)` non-negative saliency map; `labels`
+      are integer classes, (B,).
     """
 
-    def top_class_logit_sum(images: jax.Array) -> jax.Array:
+    def true_class_logit_sum(images: jax.Array, labels: jax.Array) -> jax.Array:
         logits = apply_fn(images)
         chex.assert_rank(logits, 2)
-        top_class = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1)
-        return jnp.sum(jnp.take_along_axis(logits, top_class[:, None], axis=-1))
+        labels = jnp.asarray(labels, jnp.int32)
+        return jnp.sum(jnp.take_along_axis(logits, labels[:, None], axis=-1))
 
-    def saliency_fn(images: jax.Array) -> jax.Array:
+    def saliency_fn(images: jax.Array, labels: jax.Array) -> jax.Array:
         chex.assert_rank(images, 4)
-        return jnp.max(jnp.abs(jax.grad(top_class_logit_sum)(images)), axis=-1)
+        chex.assert_shape(labels, (images.shape[0],))
+        return jnp.max(jnp.abs(jax.grad(true_class_logit_sum)(images, labels)), axis=-1)
 
     return saliency_fn
 
 
-def image_gradient_saliency(images: jax.Array) -> jax.Array:
+def image_gradient_saliency(images: jax.Array, labels: jax.Array | None = None) -> jax.Array:
     """Model-free stand-in saliency: magnitude of the spatial gradient of the luma, (B, H, W).
 
-    Salient = strong edges. Used by `save_distortion_gallery` when no reference model is given;
-    for the paper's targeted occlusion use `gradient_saliency` of a trained classifier.
+    Salient = strong edges; `labels` are ignored. Used by `save_distortion_gallery` when no
+    reference model is given; for the paper's targeted occlusion use `gradient_saliency` of a
+    trained classifier.
     """
+    del labels
     _check_images(images)
     luma = images.astype(jnp.float32) @ jnp.asarray(RGB_TO_GRAY_WEIGHTS)
     row_gradient, column_gradient = jnp.gradient(luma, axis=(1, 2))
@@ -384,7 +397,11 @@ def image_gradient_saliency(images: jax.Array) -> jax.Array:
 
 
 def targeted_occlusion(
-    images: jax.Array, strength: int, key: jax.Array, saliency_fn: SaliencyFn
+    images: jax.Array,
+    strength: int,
+    key: jax.Array,
+    saliency_fn: SaliencyFn,
+    labels: jax.Array,
 ) -> jax.Array:
     """Targeted occlusion [Occ.]: the most salient clusters of pixels are blacked out.
 
@@ -399,7 +416,9 @@ def targeted_occlusion(
       strength: 1…4.
       key: unused (the occlusion is deterministic given the saliency); kept for the common
         distortion signature.
-      saliency_fn: images -> (B, H, W) saliency, e.g. `gradient_saliency(apply_fn)`.
+      saliency_fn: (images, labels) -> (B, H, W) saliency, e.g. `gradient_saliency(apply_fn)`
+        of the reference model (the paper: one plain ResNet-18 for every evaluated model).
+      labels: (B,) the true classes, whose saliency is occluded.
     """
     del key
     _check_images(images)
@@ -411,7 +430,7 @@ def targeted_occlusion(
             f"images must be at least {cells_per_side} px high and wide for targeted occlusion, "
             f"got shape {images.shape}."
         )
-    saliency = saliency_fn(images)
+    saliency = saliency_fn(images, labels)
     chex.assert_shape(saliency, (batch, height, width))
     row_cells = jax.nn.one_hot(jnp.arange(height) * cells_per_side // height, cells_per_side)
     column_cells = jax.nn.one_hot(jnp.arange(width) * cells_per_side // width, cells_per_side)
@@ -423,23 +442,39 @@ def targeted_occlusion(
     return _finish(jnp.where(pixel_mask[..., None] > 0, 0.0, images), images)
 
 
-def mixture(images: jax.Array, strength: int, key: jax.Array) -> jax.Array:
-    """Mixed noise [Mix.]: each image gets one of the paper's mixture components, chosen by `key`.
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _device_distortion(name: str, images: jax.Array, strength: int, key: jax.Array) -> jax.Array:
+    """`DISTORTIONS[name]` (a device one without saliency), compiled once per name and strength."""
+    return DISTORTIONS[name].function(images, strength, key)
+
+
+def mixture(images: np.ndarray | jax.Array, strength: int, key: jax.Array) -> np.ndarray:
+    """Mixed noise [Mix.] (host): the paper's four components composed on every image.
 
     Paper Sec. 3.1 ("a mixture of various types of synthetic distortions (Additive Gaussian noise
-    in CbCr channels, Salt and pepper, Inpainting and Jpeg compression)"). Per image, one of
-    `MIXTURE_COMPONENTS` (CbCr+N, salt and pepper, inpainting; uniform) is applied at the same
-    `strength`. JPEG is left out: it is a host codec and the mixture must stay jit-able; mix it in
-    on the host with `apply_distortion("jpeg", ...)` on a subset of the batch if needed.
+    in CbCr channels, Salt and pepper, Inpainting and Jpeg compression) to simulate the real-world
+    distortions"). Every image gets all of `MIXTURE_COMPONENTS`, in that order: inpainting, then
+    CbCr+N, then JPEG (the host codec of `jpeg`), then salt and pepper, each at the same
+    `strength` and with its own key split from `key` (so the draws of a weaker level are those of
+    a stronger one). The device components run jitted, JPEG on the host in between.
+
+    Returns:
+      numpy (B, H, W, 3), the input's dtype, in [0, 1].
     """
     _check_images(images)
-    choice_key, component_key = jax.random.split(key)
-    choices = jax.random.randint(choice_key, (images.shape[0],), 0, len(MIXTURE_COMPONENTS))
-    mixed = images
-    for index, name in enumerate(MIXTURE_COMPONENTS):
-        distorted = DISTORTIONS[name].function(images, strength, component_key)
-        mixed = jnp.where((choices == index)[:, None, None, None], distorted, mixed)
-    return mixed
+    check_integer(strength, "strength", 1, len(STRENGTHS))
+    dtype = images.dtype
+    mixed: np.ndarray | jax.Array = images
+    for name, component_key in zip(
+        MIXTURE_COMPONENTS, jax.random.split(key, len(MIXTURE_COMPONENTS)), strict=True
+    ):
+        if DISTORTIONS[name].kind == "host":
+            mixed = DISTORTIONS[name].function(np.asarray(mixed), strength, component_key)
+        else:
+            mixed = _device_distortion(
+                name, jnp.asarray(mixed, jnp.float32), strength, component_key
+            )
+    return np.asarray(mixed).astype(dtype)
 
 
 def _encode_decode(images: np.ndarray, save_options: Mapping[str, object]) -> np.ndarray:
@@ -511,10 +546,11 @@ class Distortion:
       name: registry key.
       title: the paper's column label in Table 2.
       kind: "device" (pure jnp, jit-able with `strength` static) or "host" (numpy + Pillow).
-      function: (images, strength, key) -> images; targeted occlusion also takes `saliency_fn`.
+      function: (images, strength, key) -> images; targeted occlusion also takes `saliency_fn`
+        and `labels`.
       parameter: what the four levels are.
       levels: the parameter at strengths 1, 2, 3, 4.
-      needs_saliency: whether `function` needs a `saliency_fn` keyword argument.
+      needs_saliency: whether `function` needs `saliency_fn` and `labels` keyword arguments.
     """
 
     name: str
@@ -583,7 +619,7 @@ DISTORTIONS: dict[str, Distortion] = {
             OCCLUDED_CELL_COUNTS,
             needs_saliency=True,
         ),
-        Distortion("mixture", "Mix.", "device", mixture, "strength", STRENGTHS),
+        Distortion("mixture", "Mix.", "host", mixture, "strength of each component", STRENGTHS),
     )
 }
 
@@ -594,6 +630,7 @@ def apply_distortion(
     strength: int,
     key: jax.Array,
     saliency_fn: SaliencyFn | None = None,
+    labels: jax.Array | np.ndarray | None = None,
 ) -> jax.Array | np.ndarray:
     """Applies `DISTORTIONS[name]` at `strength` (1…4) to RGB images (B, H, W, 3) in [0, 1].
 
@@ -602,8 +639,10 @@ def apply_distortion(
       images: (B, H, W, 3) float in [0, 1]; jax for "device" distortions, numpy or jax for "host".
       strength: 1 (weakest) … 4 (strongest).
       key: PRNG key; the result is deterministic given it.
-      saliency_fn: images -> (B, H, W) saliency, required by "targeted_occlusion" and ignored by
-        the others.
+      saliency_fn: (images, labels) -> (B, H, W) saliency, required by "targeted_occlusion" and
+        ignored by the others.
+      labels: (B,) true classes, required by "targeted_occlusion" (it occludes the saliency of
+        the true class) and ignored by the others.
 
     Returns:
       Distorted images of the input's shape and dtype (numpy for "host" distortions).
@@ -617,16 +656,25 @@ def apply_distortion(
                 f"saliency_fn is required for {name!r}, got None; build one with "
                 "gradient_saliency(apply_fn)."
             )
-        return distortion.function(images, strength, key, saliency_fn=saliency_fn)
+        if labels is None:
+            raise ValueError(
+                f"labels are required for {name!r}, got None: it occludes where the saliency of "
+                "each image's true class is highest."
+            )
+        return distortion.function(images, strength, key, saliency_fn=saliency_fn, labels=labels)
     return distortion.function(images, strength, key)
 
 
 def _distort_at_all_strengths(
-    name: str, images: jax.Array, key: jax.Array, saliency_fn: SaliencyFn | None
+    name: str,
+    images: jax.Array,
+    key: jax.Array,
+    saliency_fn: SaliencyFn | None,
+    labels: jax.Array | None,
 ) -> list[jax.Array | np.ndarray]:
     """`apply_distortion` at strengths 1…4 with the same key."""
     return [
-        apply_distortion(name, images, strength, key, saliency_fn=saliency_fn)
+        apply_distortion(name, images, strength, key, saliency_fn=saliency_fn, labels=labels)
         for strength in STRENGTHS
     ]
 
@@ -636,6 +684,7 @@ def save_distortion_gallery(
     image: np.ndarray | jax.Array,
     key: jax.Array,
     saliency_fn: SaliencyFn | None = None,
+    label: int = 0,
 ) -> pathlib.Path:
     """Writes one PNG of `image` under every distortion (rows) and strength (columns).
 
@@ -649,6 +698,7 @@ def save_distortion_gallery(
       key: PRNG key.
       saliency_fn: saliency for the targeted-occlusion row; defaults to the model-free
         `image_gradient_saliency`.
+      label: the image's true class (the targeted occlusion occludes its saliency).
 
     Returns:
       The path written.
@@ -662,7 +712,12 @@ def save_distortion_gallery(
     saliency_fn = image_gradient_saliency if saliency_fn is None else saliency_fn
     tiles, titles = [], []
     for row, (name, distortion) in enumerate(DISTORTIONS.items()):
-        all_strengths = functools.partial(_distort_at_all_strengths, name, saliency_fn=saliency_fn)
+        all_strengths = functools.partial(
+            _distort_at_all_strengths,
+            name,
+            saliency_fn=saliency_fn,
+            labels=jnp.full((1,), label, jnp.int32),
+        )
         if distortion.kind == "device":
             # One compiled call per row; its four strengths share the random draws.
             all_strengths = jax.jit(all_strengths)

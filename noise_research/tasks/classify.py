@@ -48,6 +48,9 @@ from noise_research.layers.quantization import (
     exponent_penalty,
 )
 from noise_research.metrics.robustness import (
+    TABLE_METRICS,
+    TOP5_MIN_CLASSES,
+    default_table_metric,
     evaluate_robustness,
     table2_row,
     write_robustness_report,
@@ -232,9 +235,17 @@ class RobustnessConfig:
     saliency_workdir: str | None = cs.setting(
         None,
         cs.optional(cs.text()),
-        "a run whose model gives the targeted occlusion's saliency (the paper: a plain "
-        "ResNet-18); None: the evaluated model",
+        "the reference run whose model's gradient saliency of the true class places the targeted "
+        "occlusions of every compared model (the paper: one plain ResNet-18); mode='robustness' "
+        "stops without it",
         placeholder=str,
+        resumable=True,
+    )
+    table_metric: str = cs.setting(
+        "auto",
+        cs.one_of("auto", *TABLE_METRICS),
+        "Table 2's accuracy: 'top1', 'top5', or 'auto': top-5 from "
+        f"{TOP5_MIN_CLASSES} classes on (ImageNet, as the paper), top-1 below (top-5 saturates)",
         resumable=True,
     )
     seed: int = cs.setting(0, cs.integer(minimum=0), "seed of the distortions", resumable=True)
@@ -609,24 +620,50 @@ class ClassifyTask(Task):
             raise cs.ConfigError(f"config.mode = {mode!r}: allowed: {', '.join(MODES)}")
         return self.robustness_report(state, workdir)
 
+    def table_metric(self) -> str:
+        """Table 2's metric: ``robustness.table_metric``, or for 'auto' top-5 on large label sets
+        (ImageNet, the paper's Table 2) and top-1 on small ones (`default_table_metric`)."""
+        chosen = self.robustness.table_metric
+        if chosen == "auto":
+            return default_table_metric(self.model_config.num_classes)
+        return chosen
+
     def robustness_report(self, state: TrainState, workdir: str) -> dict[str, float]:
         """Clean and distorted accuracy on the eval split: Table 2, Figure 4 and a gallery.
 
-        The targeted occlusion needs a saliency map: from the model itself (white-box) by default,
-        or, as in the paper (a pre-trained Plain-18), from the checkpoint of another run given as
-        ``robustness.saliency_workdir`` so that every compared model sees the same occlusions.
+        The targeted occlusion (section 3.1) occludes where a reference model's gradient saliency
+        of each image's true class is highest. As in the paper (one pre-trained Plain-18 for every
+        row), the reference is the checkpoint of another run, ``robustness.saliency_workdir``
+        (required), so that every compared model sees the same occlusions; the result records it
+        (``occlusion_reference``) and the multi-run table refuses results of different ones.
         Writes ``workdir/robustness/`` and returns the Table 2 row.
         """
         options = self.robustness
-        logits_fn = jax.jit(functools.partial(self.logits, state))
         reference = options.saliency_workdir
-        saliency_logits_fn = logits_fn
-        if reference is not None:
-            reference_task, reference_state = restore_run(
-                reference, key="robustness.saliency_workdir"
+        if reference is None:
+            raise cs.ConfigError(
+                "config.robustness.saliency_workdir = None: not allowed; mode='robustness' needs "
+                "the workdir of a trained reference run (the paper: a plain ResNet-18) whose "
+                "true-class saliency places the targeted occlusions of every compared model"
             )
-            saliency_logits_fn = jax.jit(functools.partial(reference_task.logits, reference_state))
-        saliency_fn = gradient_saliency(saliency_logits_fn)
+        logits_fn = jax.jit(functools.partial(self.logits, state))
+        reference_task, reference_state = restore_run(reference, key="robustness.saliency_workdir")
+        reference_classes = reference_task.model_config.num_classes
+        if reference_classes != self.model_config.num_classes:
+            raise cs.ConfigError(
+                f"config.robustness.saliency_workdir = {reference!r}: not allowed; that run's "
+                f"model has {reference_classes} classes, this one "
+                f"{self.model_config.num_classes}"
+            )
+        saliency_fn = gradient_saliency(
+            jax.jit(functools.partial(reference_task.logits, reference_state))
+        )
+        occlusion_reference = {
+            "workdir": os.path.realpath(reference),
+            "step": int(reference_state.step),
+            "model": reference_task.model_name(),
+            "saliency_class": "true",
+        }
         source = self._eval_source
         batches = (  # streamed, not held
             {**batch, "image": unit_rgb(batch["image"])}
@@ -637,14 +674,18 @@ class ClassifyTask(Task):
         result = evaluate_robustness(
             logits_fn, batches, key, saliency_fn, num_batches=self.num_eval_batches
         )
+        result["table_metric"] = self.table_metric()
+        result["occlusion_reference"] = occlusion_reference
         name = options.model_name or self.model_name()
         out = os.path.join(workdir, "robustness")
         write_robustness_report(out, {name: result})
+        first_batch = source.batch(0)
         save_distortion_gallery(
             os.path.join(out, "gallery.png"),
-            unit_rgb(source.batch(0)["image"][:1])[0],
+            unit_rgb(first_batch["image"][:1])[0],
             key,
             saliency_fn,
+            label=int(first_batch["label"][0]),
         )
         return {f"table2/{column}": value for column, value in table2_row(result).items()}
 
