@@ -7,6 +7,8 @@ import functools
 import json
 import os
 import pathlib
+import re
+import shutil
 import subprocess
 import sys
 
@@ -361,3 +363,33 @@ def test_both_alpha_penalties_are_on_by_default_and_in_the_loss():
     assert metrics["loss"] == pytest.approx(
         metrics["cross_entropy"] + metrics["alpha_penalty"], rel=1e-5
     )
+
+
+def test_a_reference_run_saved_before_newer_keys_restores_with_their_defaults(plain_run, tmp_path):
+    workdir, _, result = plain_run
+    older = tmp_path / "older_run"
+    shutil.copytree(workdir, older)
+    config = json.loads((older / "config.json").read_text())
+    del config["robustness"]["table_metric"], config["model"]["quantizer"]["compute_dtype"]
+    (older / "config.json").write_text(json.dumps(config))
+    task, state = classify.restore_run(str(older), key="robustness.saliency_workdir")
+    assert task.config["robustness"]["table_metric"] == "auto"
+    assert task.config["model"]["quantizer"]["compute_dtype"] == "float32"
+    assert int(state.step) == result.step
+
+
+@pytest.mark.parametrize(("compute_dtype", "floor_dtype"), [("float32", "f32"), ("model", "bf16")])
+def test_a_bfloat16_model_floors_in_the_quantizer_compute_dtype(compute_dtype, floor_dtype):
+    """model.quantizer.compute_dtype: SF's floor (and its conv) in float32 inside a bfloat16
+    model, or in bfloat16 ('model', where ⌊100x⌋ is a no-op beyond x ≈ 1.28)."""
+    config = tiny_digits_config("sf")
+    config["model"]["dtype"] = "bfloat16"
+    config["model"]["quantizer"]["compute_dtype"] = compute_dtype
+    config_schema.validate(config, classify.config_rules(), num_devices=1)
+    task = classify.build(config)
+    state = jax.eval_shape(task.init, jax.random.key(0), {"image": jnp.zeros((1, 16, 16, 3))})
+    jaxpr = str(jax.make_jaxpr(task.logits)(state, jnp.zeros((2, 16, 16, 3))))
+    floors = re.findall(r"(\w+)\[[\d,]*\] = floor", jaxpr)
+    assert len(floors) == 11 and set(floors) == {floor_dtype}, floors  # ResNet-10's stage convs
+    convs = re.findall(r"(\w+)\[[\d,]*\] = conv_general_dilated", jaxpr)
+    assert convs.count("f32") == (11 if compute_dtype == "float32" else 0), convs

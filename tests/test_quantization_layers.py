@@ -390,3 +390,72 @@ def test_registered_blocks_build_and_run_at_the_requested_shape():
         inputs = np.ones(example_input.shape, example_input.dtype)
         outputs = jax.jit(lambda x, m=module: m.apply(m.init(jax.random.key(0), x), x))(inputs)
         chex.assert_shape(outputs, (1, 6, 6, module.features))  # 'SAME' padding, stride 1
+
+
+# --- precision: bfloat16 models (module docstring, "Precision") --------------------------------
+
+# Every bfloat16 value in [2, 2.5): bfloat16's spacing there (2⁻⁶) is coarser than SF's 0.01 grid.
+BF16_BETWEEN_2_AND_2_5 = 2.0 + np.arange(32, dtype=np.float32) / 64
+
+
+def _difference_conv(quantization: str, compute_dtype, alpha=None):
+    """A bfloat16 QuantizedConv whose 1×1 kernel computes f(channel 0) − f(channel 1), and its
+    variables (exponents `alpha` per input channel for the power)."""
+    module = QuantizedConv(
+        features=1,
+        kernel_size=1,
+        quantization=quantization,
+        use_bias=False,
+        dtype=jnp.bfloat16,
+        compute_dtype=compute_dtype,
+    )
+    inputs = jnp.zeros((1, 1, 32, 2), jnp.bfloat16)
+    params = dict(_init(module, inputs)["params"])
+    params["conv"] = {"kernel": np.array([1.0, -1.0], np.float32).reshape(1, 1, 2, 1)}
+    if alpha is not None:
+        params["power"] = {"alpha": np.asarray(alpha, np.float32).reshape(1, 2)}
+    return jax.jit(functools.partial(module.apply, {"params": params}))
+
+
+def test_in_bfloat16_sf_is_not_a_floor_beyond_1_28_unless_computed_in_float32():
+    x = BF16_BETWEEN_2_AND_2_5
+    assert np.array_equal(np.asarray(jnp.asarray(x, jnp.bfloat16), np.float32), x)
+    # The quantizer alone, in bfloat16: 100x rounds to an integer first, the floor does nothing.
+    in_bf16 = jax.jit(scalable_floor)(jnp.asarray(x, jnp.bfloat16), 100.0)
+    np.testing.assert_array_equal(np.asarray(in_bf16, np.float32), x)
+    # In the model: channel 0 = x, channel 1 = 2 (on the 0.01 grid), output τ(x) − τ(2).
+    inputs = jnp.asarray(np.stack([x, np.full_like(x, 2.0)], -1)[None, None], jnp.bfloat16)
+    as_model = _difference_conv("sf", None)(inputs)
+    in_float32 = _difference_conv("sf", jnp.float32)(inputs)
+    assert as_model.dtype == in_float32.dtype == jnp.bfloat16  # the model's dtype either way
+    as_model, in_float32 = (np.asarray(o, np.float32)[0, 0, :, 0] for o in (as_model, in_float32))
+    np.testing.assert_array_equal(as_model, x - 2.0)  # no quantization at all
+    floored = np.floor(np.float64(x) * 100) / 100 - 2.0  # eq. 3 on the exact 0.01 grid
+    np.testing.assert_allclose(in_float32, floored, rtol=2**-8, atol=1e-6)
+    assert np.mean(in_float32 - (x - 2.0)) < -0.004  # the floor's bias, mean −0.005
+
+
+def test_in_bfloat16_a_small_pow_exponent_is_the_identity_unless_computed_in_float32():
+    x = BF16_BETWEEN_2_AND_2_5
+    inputs = jnp.asarray(np.stack([x, x], -1)[None, None], jnp.bfloat16)
+    alpha = [0.003, 0.0]  # ψ(x, 0.003) − ψ(x, 0) = x^1.003 − x
+    as_model = _difference_conv("pow", None, alpha)(inputs)
+    in_float32 = _difference_conv("pow", jnp.float32, alpha)(inputs)
+    as_model, in_float32 = (np.asarray(o, np.float32)[0, 0, :, 0] for o in (as_model, in_float32))
+    np.testing.assert_array_equal(as_model, 0.0)  # α + 1 = 1.003 rounds to 1 in bfloat16
+    expected = np.float64(x) ** 1.003 - x  # 0.0042 … 0.0069
+    np.testing.assert_allclose(in_float32, expected, rtol=2**-7)
+
+
+@pytest.mark.parametrize("quantization", ["none", "sf", "pow", "hpow", "sf_pow", "dorefa"])
+def test_float32_compute_is_a_no_op_in_a_float32_model(quantization):
+    common = dict(features=4, kernel_size=3, dtype=jnp.float32)
+    if quantization == "dorefa":
+        plain, upcast = DoReFaConv(**common), DoReFaConv(**common, compute_dtype=jnp.float32)
+    else:
+        plain = QuantizedConv(**common, quantization=quantization)
+        upcast = QuantizedConv(**common, quantization=quantization, compute_dtype=jnp.float32)
+    variables = _init(plain, INPUTS)
+    np.testing.assert_array_equal(
+        jax.jit(plain.apply)(variables, INPUTS), jax.jit(upcast.apply)(variables, INPUTS)
+    )

@@ -7,6 +7,12 @@ times torchvision's ResNets. The models are the ImageNet ones (7×7 stem, 1000 c
 before the 3×3 convs as in the paper's ResNet-50). On an accelerator the defaults are the paper's
 setting (bfloat16, 224², batch 256); on CPU they shrink so the benchmark takes a few minutes; every
 setting is written to the JSON.
+
+In a bfloat16 model the quantizing convs compute in float32 by default
+(``model.quantizer.compute_dtype``: SF and POW are no-ops in bfloat16 beyond x ≈ 1.3, see
+``noise_research.layers.quantization``). ``--quantizer-dtypes=float32,model`` times each quantizer
+both ways, one row each (``quantizer_compute_dtype``), each with its overhead over plain; the
+default is both on an accelerator, float32 only on CPU (quick).
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ from noise_research.bench.arguments import (
 from noise_research.bench.timing import environment, train_images_per_second, write_json
 from noise_research.layers.quantization import QUANTIZATIONS as VARIANTS
 
+COMPUTE_DTYPES = ("float32", "model")
+"""Values of ``model.quantizer.compute_dtype`` (``noise_research.tasks.classify``)."""
+
 OPTIONS = {
     "model.depth": "--depths",
     "model.quantizer.kind": "--variants",
@@ -36,6 +45,7 @@ OPTIONS = {
     "data.image_size": "--size",
     "model.dtype": "--dtype",
     "model.quantizer.where": "--where",
+    "model.quantizer.compute_dtype": "--quantizer-dtypes",
 }
 """The option that sets each config key the benchmark changes."""
 
@@ -72,6 +82,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "configs: 'all' below ResNet-50, else '3x3'",
     )
     parser.add_argument(
+        "--quantizer-dtypes",
+        type=comma_separated(allowed_by(cs.one_of(*COMPUTE_DTYPES), str)),
+        default=None,
+        help="comma separated values of config.model.quantizer.compute_dtype to time, of "
+        "float32 (the quantizing convs in float32 inside the --dtype model) and model (in "
+        "--dtype); default float32,model (CPU: float32)",
+    )
+    parser.add_argument(
         "--repeats",
         type=allowed_by(cs.integer(minimum=1)),
         default=None,
@@ -79,9 +97,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _config(depth: int, variant: str, settings: dict[str, Any]) -> dict[str, Any]:
+def _config(
+    depth: int, variant: str, settings: dict[str, Any], compute_dtype: str = "float32"
+) -> dict[str, Any]:
     """The classification config of one measurement: the experiment's, with the benchmark's
-    values."""
+    values (``compute_dtype``: the quantizing convs' ``model.quantizer.compute_dtype``)."""
     from noise_research.tasks import classify
 
     config = classify.experiment_config(
@@ -96,6 +116,7 @@ def _config(depth: int, variant: str, settings: dict[str, Any]) -> dict[str, Any
     ).to_dict()
     config["data"]["batch_size"] = settings["batch"]
     config["model"]["dtype"] = settings["dtype"]
+    config["model"]["quantizer"]["compute_dtype"] = compute_dtype
     if settings["where"] is not None:
         config["model"]["quantizer"]["where"] = settings["where"]
     return config
@@ -117,14 +138,30 @@ def checked_settings(args: argparse.Namespace) -> dict[str, Any]:
         size=default_for_platform(args.size, accelerator=224, cpu=64),
         dtype=args.dtype,
         where=args.where,
+        quantizer_dtypes=default_for_platform(
+            args.quantizer_dtypes, accelerator=list(COMPUTE_DTYPES), cpu=["float32"]
+        ),
         repeats=default_for_platform(args.repeats, accelerator=30, cpu=3),
     )
     rules = classify.config_rules()
     with options_named(OPTIONS):
-        for depth in settings["depths"]:
-            for variant in settings["variants"]:
-                cs.validate(_config(depth, variant, settings), rules, num_devices=BENCH_DEVICES)
+        for depth, variant, compute_dtype in _measurements(settings):
+            config = _config(depth, variant, settings, compute_dtype)
+            cs.validate(config, rules, num_devices=BENCH_DEVICES)
     return settings
+
+
+def _measurements(settings: dict[str, Any]) -> list[tuple[int, str, str]]:
+    """(depth, variant, quantizer compute dtype) of every row: plain once per depth (it has no
+    quantizer), every other variant once per ``quantizer_dtypes``."""
+    return [
+        (depth, variant, compute_dtype)
+        for depth in settings["depths"]
+        for variant in settings["variants"]
+        for compute_dtype in (
+            settings["quantizer_dtypes"][:1] if variant == "none" else settings["quantizer_dtypes"]
+        )
+    ]
 
 
 def _synthetic_batch(batch: int, size: int, num_classes: int) -> dict[str, np.ndarray]:
@@ -146,28 +183,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"classify benchmark on {environment()['device_kind']}: {settings}")
 
     rows = []
-    for depth in settings["depths"]:
-        plain_rate = None
-        for variant in settings["variants"]:
-            task = classify.build(_config(depth, variant, settings))
-            host_batch = _synthetic_batch(
-                settings["batch"], settings["size"], task.config["model"]["num_classes"]
+    plain_rates: dict[int, float] = {}
+    for depth, variant, compute_dtype in _measurements(settings):
+        task = classify.build(_config(depth, variant, settings, compute_dtype))
+        host_batch = _synthetic_batch(
+            settings["batch"], settings["size"], task.config["model"]["num_classes"]
+        )
+        measured = train_images_per_second(
+            task, host_batch, images_per_step=settings["batch"], repeats=settings["repeats"]
+        )
+        row = {
+            "model": f"resnet{depth}",
+            "variant": variant,
+            "where": task.config["model"]["quantizer"]["where"],
+            "dtype": settings["dtype"],
+            **measured,
+        }
+        if variant == "none":
+            plain_rates[depth] = measured["images_per_second"]
+        else:
+            row["quantizer_compute_dtype"] = (
+                settings["dtype"] if compute_dtype == "model" else compute_dtype
             )
-            measured = train_images_per_second(
-                task, host_batch, images_per_step=settings["batch"], repeats=settings["repeats"]
-            )
-            row = {
-                "model": f"resnet{depth}",
-                "variant": variant,
-                "where": task.config["model"]["quantizer"]["where"],
-                **measured,
-            }
-            if variant == "none":
-                plain_rate = measured["images_per_second"]
-            elif plain_rate is not None:
-                row["overhead_percent"] = 100.0 * (plain_rate / measured["images_per_second"] - 1)
-            rows.append(row)
-            print(row, flush=True)
+            if depth in plain_rates:
+                row["overhead_percent"] = 100.0 * (
+                    plain_rates[depth] / measured["images_per_second"] - 1
+                )
+        rows.append(row)
+        print(row, flush=True)
 
     payload = {
         "benchmark": "classify",

@@ -19,6 +19,24 @@ to its loss; without `mutable`, sowing is a no-op and costs nothing.
 DoReFa (Zhou et al. 2016, the paper's (W, A, G) = (1, 4, 32) baseline): 1-bit weights
 sign(W)·mean|W|, 4-bit activations (clip to [0, 1], uniform k-bit rounding), straight-through
 gradients kept in 32 bits.
+
+Precision (`compute_dtype` of `QuantizedConv` and `DoReFaConv`). In a bfloat16 model (8
+significant bits: spacing 2⁻⁷ in [1, 2), 2⁻⁶ in [2, 4)) the quantizers computed in bfloat16 are
+partly no-ops (measured on every bfloat16 value in [0.05, 4)):
+- SF, τ(x, 100) = ⌊100x⌋/100: 100x is rounded to bfloat16 before the floor, and from
+  |100x| ≥ 128 (|x| ≥ 1.28) on it is already an integer, so the floor does nothing: τ(x) is x
+  rounded, to the nearest, not down, within one bfloat16 spacing (mean shift 0; exactly x on
+  [2, 2.56)). Only below 1.28 is there a floor, on the coarser of 0.01 and bfloat16's grid.
+- POW, ψ(x, α) = sign(x)|x|^(α+1): the exponent α+1 is rounded to bfloat16 too, in steps of 2⁻⁷
+  ≈ 0.008 above 1 (2⁻⁸ below): |α| < 2⁻⁸ gives α+1 = 1 and ψ(x) = x exactly (α = 0.003: the
+  identity), α = 0.005 and 0.01 compute the same power 1.0078, and a change x·(|x|^α − 1) below
+  half a bfloat16 spacing (|α·ln|x|| < 2⁻⁹) is lost in the output. The α gradient (eq. 6) is
+  accumulated in float32 either way.
+Computing the quantizer alone in float32 does not help once its output is cast back to bfloat16
+(the cast undoes the floor). `compute_dtype=float32` therefore runs the quantizer AND its
+convolution in float32 (input cast up, output cast back to the model's dtype): SF floors on the
+exact 0.01 grid and POW uses the float32 exponent everywhere, the convolution sums the exactly
+quantized features, and only its output is rounded, as every bfloat16 layer's is.
 """
 
 from collections.abc import Mapping, Sequence
@@ -346,7 +364,11 @@ class QuantizedConv(nn.Module):
       floor_scale: β of τ for "sf" and "sf_pow" (default 100, SF-100).
       learnable_floor_scale: whether β is learnable (see `ScalableFloor`).
       hyper_hidden_features: hidden width of the "hpow" hyper-network.
-      strides, padding, use_bias, dtype, param_dtype: as in `nn.Conv`.
+      strides, padding, use_bias, dtype, param_dtype: as in `nn.Conv` (`dtype`: the model's
+        compute dtype, that of the output).
+      compute_dtype: None (default): the quantizer and the conv compute in `dtype`; e.g.
+        float32: both compute in float32 inside a `dtype` (bfloat16) model, the input cast up and
+        the conv's output cast back to `dtype` (see the module docstring, "Precision").
     """
 
     features: int
@@ -361,6 +383,7 @@ class QuantizedConv(nn.Module):
     use_bias: bool = True
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    compute_dtype: Dtype | None = None
 
     def __post_init__(self) -> None:
         _validate_positive("features", self.features)
@@ -390,7 +413,8 @@ class QuantizedConv(nn.Module):
     def __call__(self, inputs: jax.Array) -> jax.Array:
         """Maps (B, H, W, C) features to (B, H', W', features)."""
         chex.assert_rank(inputs, 4)
-        compute_dtype = inputs.dtype if self.dtype is None else self.dtype
+        model_dtype = inputs.dtype if self.dtype is None else self.dtype
+        compute_dtype = model_dtype if self.compute_dtype is None else self.compute_dtype
         features = inputs.astype(compute_dtype)
         if self.quantization == "sf":
             features = self._floor()(features)
@@ -402,17 +426,20 @@ class QuantizedConv(nn.Module):
             if self.quantization == "sf_pow":
                 copies = self._floor()(copies.reshape(-1, *inputs.shape[1:])).reshape(copies.shape)
             features = jnp.moveaxis(copies, 0, -2).reshape(*inputs.shape[:3], -1)
-        return nn.Conv(
+        outputs = nn.Conv(
             self.features,
             _pair(self.kernel_size),
             strides=self.strides,
             padding=self.padding,
             feature_group_count=self.groups,
             use_bias=self.use_bias,
-            dtype=self.dtype,
+            dtype=self.dtype if self.compute_dtype is None else self.compute_dtype,
             param_dtype=self.param_dtype,
             name="conv",
         )(features)
+        if self.compute_dtype is None:
+            return outputs
+        return outputs.astype(model_dtype)
 
 
 def dorefa_activations(x: jax.Array, bits: int) -> jax.Array:
@@ -443,6 +470,8 @@ class DoReFaConv(nn.Module):
     Attributes:
       features, kernel_size, strides, padding, use_bias, dtype, param_dtype: as in `nn.Conv`.
       activation_bits: k of the activation quantizer (default 4, the paper's setting).
+      compute_dtype: as in `QuantizedConv`: None computes in `dtype`; float32 runs the quantizers
+        and the conv in float32 and casts the output to `dtype`.
     """
 
     features: int
@@ -453,6 +482,7 @@ class DoReFaConv(nn.Module):
     use_bias: bool = True
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    compute_dtype: Dtype | None = None
 
     def __post_init__(self) -> None:
         _validate_positive("features", self.features)
@@ -463,7 +493,8 @@ class DoReFaConv(nn.Module):
     def __call__(self, inputs: jax.Array) -> jax.Array:
         """Maps (B, H, W, C) activations to (B, H', W', features)."""
         chex.assert_rank(inputs, 4)
-        compute_dtype = inputs.dtype if self.dtype is None else self.dtype
+        model_dtype = inputs.dtype if self.dtype is None else self.dtype
+        compute_dtype = model_dtype if self.compute_dtype is None else self.compute_dtype
         kernel = self.param(
             "kernel",
             nn.initializers.lecun_normal(),
@@ -480,7 +511,7 @@ class DoReFaConv(nn.Module):
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
             outputs = outputs + bias.astype(compute_dtype)
-        return outputs
+        return outputs.astype(model_dtype)
 
 
 def _quantized_block_factory(quantization: str):

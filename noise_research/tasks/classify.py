@@ -71,6 +71,7 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 QUANTIZER_KINDS = (*QUANTIZATIONS, "dorefa")
 QUANTIZER_PLACES = ("all", "3x3")
+QUANTIZER_COMPUTE_DTYPES = ("float32", "model")
 DEPTHS = (10, 18, 34, 50, 101)
 STEMS = ("imagenet", "small")
 DTYPES = ("float32", "bfloat16")
@@ -112,7 +113,24 @@ class ClassifyData:
 
 @dataclasses.dataclass(frozen=True)
 class QuantizerConfig:
-    """The ``model.quantizer`` section (feature-quantization paper, section 3)."""
+    """The ``model.quantizer`` section (feature-quantization paper, section 3).
+
+    ``compute_dtype`` matters in bfloat16 models only (``model.dtype``; float32 models compute
+    everything in float32 either way). What SF (eq. 3, β = 100) and POW (eq. 5) then compute
+    (measured; `noise_research.layers.quantization`, "Precision"):
+
+    - ``'float32'`` (default): the quantizing conv casts its bfloat16 input to float32, applies
+      the quantizer and the convolution in float32 and casts the output back to bfloat16. SF is
+      ⌊100x⌋/100 on the exact 0.01 grid and POW uses the float32 exponent α + 1, as in a float32
+      model; only the conv's output is rounded, like every bfloat16 layer's. The cost: those
+      convs run at float32 speed (``python -m noise_research.bench classify
+      --quantizer-dtypes=float32,model`` measures both).
+    - ``'model'``: everything in bfloat16. SF: 100x is rounded to bfloat16 before the floor, an
+      integer from x ≥ 1.28 on, so beyond 1.28 SF rounds x to the nearest (no floor, mean shift
+      0; exactly x on [2, 2.56)). POW: α + 1 is rounded to bfloat16 (steps 2⁻⁷ ≈ 0.008 above 1),
+      so |α| < 2⁻⁸ ≈ 0.004 is exactly the identity (α = 0.003 gives x) and α = 0.005, 0.01
+      compute the same power.
+    """
 
     kind: str = cs.setting(
         "none", cs.one_of(*QUANTIZER_KINDS), "none | sf | pow | hpow | sf_pow | dorefa"
@@ -146,6 +164,13 @@ class QuantizerConfig:
     )
     activation_bits: int = cs.setting(
         4, cs.integer(minimum=1, maximum=16), "DoReFa's activation bits"
+    )
+    compute_dtype: str = cs.setting(
+        "float32",
+        cs.one_of(*QUANTIZER_COMPUTE_DTYPES),
+        "'float32': every quantizing conv (quantizer + conv) computes in float32 and casts its "
+        "output to model.dtype; 'model': in model.dtype (bfloat16: SF is no floor beyond "
+        "x ≈ 1.28, POW exponents are rounded to steps of 2^-7, |α| < 2^-8 is the identity)",
     )
 
 
@@ -339,13 +364,18 @@ def build(config: Mapping[str, Any]) -> ClassifyTask:
 
 
 def quantizing_conv(quantizer: QuantizerConfig) -> type[nn.Module] | functools.partial:
-    """The conv class that applies ``quantizer.kind`` to its input (``nn.Conv`` for 'none')."""
+    """The conv class that applies ``quantizer.kind`` to its input (``nn.Conv`` for 'none'),
+    computing in ``quantizer.compute_dtype`` (float32, or None: the model's dtype)."""
     if quantizer.kind == "none":
         return nn.Conv
+    compute_dtype = jnp.float32 if quantizer.compute_dtype == "float32" else None
     if quantizer.kind == "dorefa":
-        return functools.partial(DoReFaConv, activation_bits=quantizer.activation_bits)
+        return functools.partial(
+            DoReFaConv, activation_bits=quantizer.activation_bits, compute_dtype=compute_dtype
+        )
     return functools.partial(
         QuantizedConv,
+        compute_dtype=compute_dtype,
         quantization=quantizer.kind,
         groups=quantizer.groups,
         floor_scale=quantizer.floor_scale,
@@ -701,6 +731,19 @@ def stability_divergence(clean_logits: jax.Array, noisy_logits: jax.Array) -> ja
     )
 
 
+def with_new_keys_at_default(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` (another run's, as saved) with every key that this version of the code added
+    since, at its default (the workdir convention: a new key's default keeps the old behaviour)."""
+    config = json.loads(json.dumps(config))  # a deep copy
+    for dotted, default in cs.default_values(SECTIONS).items():
+        *sections, leaf = dotted.split(".")
+        node = config
+        for section in sections:
+            node = node.setdefault(section, {})
+        node.setdefault(leaf, default)
+    return config
+
+
 def restore_run(workdir: str, *, key: str) -> tuple[ClassifyTask, TrainState]:
     """The task and latest checkpointed state of another classification run (``key`` names the
     config key that pointed at it, for the error message)."""
@@ -712,7 +755,7 @@ def restore_run(workdir: str, *, key: str) -> tuple[ClassifyTask, TrainState]:
             config = json.load(f)
     except ValueError as error:
         raise cs.ConfigError(f"{key} = {workdir!r}: {config_path} is not JSON ({error})") from None
-    task = ClassifyTask(config)
+    task = ClassifyTask(with_new_keys_at_default(config))
     restored = restore_state(task, cs.read_section(LoopConfig, config["train"]), workdir)
     if restored is None:
         raise cs.ConfigError(f"{key} = {workdir!r} has no checkpoint")
