@@ -88,11 +88,11 @@ BAD_OPTIONS = [
     ),
     (
         ["halftone", "--size=5"],
-        "--size: config.data.crop_size = 5: not allowed; it must be an integer >= 8",
+        "--size: config.data.crop_size = 5: not allowed; it must be an integer >= 16",
     ),
     (
         ["halftone", "--models=unet", "--size=24"],
-        "--size: config.data.crop_size = 24: not allowed; it must be an integer >= 8, a "
+        "--size: config.data.crop_size = 24: not allowed; it must be an integer >= 16, a "
         "multiple of 16 with model.name = 'unet' (it halves the image 4 times)",
     ),
     (
@@ -169,7 +169,7 @@ def test_a_bad_option_outside_the_checkout_prints_only_its_line(tmp_path):
     completed = _bench(tmp_path, "halftone", "--size=5", f"--out={tmp_path / 'halftone.json'}")
     assert completed.returncode == 2
     assert completed.stderr.splitlines() == [
-        "error: --size: config.data.crop_size = 5: not allowed; it must be an integer >= 8"
+        "error: --size: config.data.crop_size = 5: not allowed; it must be an integer >= 16"
     ]
     assert completed.stdout == ""
     assert not (tmp_path / "halftone.json").exists()

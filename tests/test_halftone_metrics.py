@@ -29,31 +29,35 @@ def _white_noise(rng, white_probability, shape=(16, 64, 64, 1)):
     return np.where(rng.uniform(size=shape) < white_probability, 1.0, -1.0)
 
 
-def test_tone_blur_is_the_truncated_gaussian_with_zero_padding():
+def test_tone_blur_is_the_truncated_gaussian_without_padding():
     images = np.random.default_rng(0).uniform(-1, 1, size=(2, 20, 24, 1)).astype(np.float32)
     blurred = tone_blur(jnp.asarray(images))
-    chex.assert_shape(blurred, images.shape)
-    # Kernel 11 (radius 5) and sigma 2: scipy's truncate = 5 / 2, zero ("constant") padding.
+    chex.assert_shape(blurred, (2, 10, 14, 1))
+    # Kernel 11 (radius 5) and sigma 2: scipy's truncate = 5 / 2; 'VALID' keeps the pixels at least
+    # 5 from the border, where scipy's boundary mode does not matter.
     expected = np.stack(
         [
             scipy.ndimage.gaussian_filter(image[..., 0], sigma=2.0, truncate=2.5, mode="constant")
             for image in images
         ]
-    )[..., None]
+    )[:, 5:-5, 5:-5, None]
     np.testing.assert_allclose(blurred, expected, atol=1e-5)
 
 
+def test_tone_blur_names_the_smallest_image_it_takes():
+    with pytest.raises(ValueError, match=r"H and W must be >= 11"):
+        tone_blur(jnp.zeros((1, 10, 32, 1)))
+
+
 def test_tone_psnr_known_value_and_jit():
+    # A constant offset o stays o under the unpadded blur (its weights sum to 1), so the PSNR is
+    # 10 log10(2² / o²) exactly; with zero padding the border would pull the offset towards 0.
     gray = jnp.zeros((2, 16, 16, 1))
     offset = np.array([0.1, 0.2], dtype=np.float32)
     halftone = gray + offset[:, None, None, None]
     psnr = jax.jit(tone_psnr)(halftone, gray)
     chex.assert_shape(psnr, (2,))
-    blurred_ones = scipy.ndimage.gaussian_filter(
-        np.ones((16, 16)), sigma=2.0, truncate=2.5, mode="constant"
-    )
-    expected = [10 * np.log10(4.0 / np.mean((o * blurred_ones) ** 2)) for o in offset]
-    np.testing.assert_allclose(psnr, expected, rtol=1e-4)
+    np.testing.assert_allclose(psnr, 10 * np.log10(4.0 / offset**2), rtol=1e-4)
 
 
 def test_tone_psnr_of_identical_images_is_infinite():

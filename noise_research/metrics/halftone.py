@@ -22,24 +22,38 @@ import numpy as np
 _PEAK_TO_PEAK = 2.0
 
 
-def tone_blur(images: jax.Array, sigma: float = 2.0, kernel_size: int = 11) -> jax.Array:
-    """Gaussian low-pass that models the eye's integration of halftone dots.
+TONE_BLUR_KERNEL_SIZE = 11
+"""Side of the tone blur's kernel; with 'VALID' filtering an image loses 5 pixels on each side."""
+
+
+def tone_blur(
+    images: jax.Array, sigma: float = 2.0, kernel_size: int = TONE_BLUR_KERNEL_SIZE
+) -> jax.Array:
+    """Gaussian low-pass that models the eye's integration of halftone dots, without padding.
 
     DESIGN.md (NIB / halftoning): the tone loss is the MSE between the Gaussian-blurred halftone
     (kernel 11, σ = 2) and the gray image; this is that blur, shared by the loss and `tone_psnr`.
-    Separable convolution via `dm_pix.gaussian_blur` with 'SAME' zero padding, so the output has
-    the input's size (borders are pulled towards 0, identically for halftone and gray).
+    Separable convolution via `dm_pix.gaussian_blur` with 'VALID' filtering, as in the authors'
+    code: only pixels whose whole kernel lies inside the image are kept, so the output is
+    (H − kernel_size + 1) × (W − kernel_size + 1) and no padding value (zero is mid-gray on
+    [−1, 1]) leaks into the border.
 
     Args:
-      images: (B, H, W, C).
+      images: (B, H, W, C) with H, W ≥ kernel_size.
       sigma: standard deviation of the Gaussian in pixels.
       kernel_size: side of the (odd) square kernel in pixels.
 
     Returns:
-      (B, H, W, C) blurred images.
+      (B, H − kernel_size + 1, W − kernel_size + 1, C) blurred images.
     """
     chex.assert_rank(images, 4)
-    return dm_pix.gaussian_blur(images, sigma, kernel_size, padding="SAME")
+    if min(images.shape[1:3]) < kernel_size:
+        raise ValueError(
+            f"images of shape {images.shape} are smaller than the tone blur's "
+            f"{kernel_size}×{kernel_size} kernel; it filters without padding, so H and W must be "
+            f">= {kernel_size}."
+        )
+    return dm_pix.gaussian_blur(images, sigma, kernel_size, padding="VALID")
 
 
 def tone_psnr(halftone: jax.Array, gray: jax.Array) -> jax.Array:
@@ -48,11 +62,12 @@ def tone_psnr(halftone: jax.Array, gray: jax.Array) -> jax.Array:
     PSNR = 10 log10(2² / MSE), peak-to-peak 2 for data in [-1, 1]. Both images pass through
     `tone_blur` (DESIGN.md eval: "tone PSNR (blurred halftone vs gray)"): a halftone only
     reproduces tone after low-pass filtering, and blurring the gray as well compares the two at the
-    same resolution, exactly as the tone loss does. Identical blurred images (e.g. a constant
-    image that is already binary) give +inf.
+    same resolution, exactly as the tone loss does. The blur does not pad, so the MSE covers the
+    pixels at least 5 from the border. Identical blurred images (e.g. a constant image that is
+    already binary) give +inf.
 
     Args:
-      halftone: (B, H, W, C) in [-1, 1].
+      halftone: (B, H, W, C) in [-1, 1], H and W >= 11.
       gray: (B, H, W, C) in [-1, 1], same shape.
 
     Returns:
@@ -107,12 +122,17 @@ def _low_frequency_block_side(size: int, fraction: float) -> int:
     return max(1, math.ceil(round(fraction * size, 9)))
 
 
-def dct_low_frequency(images: jax.Array, fraction: float = 0.2) -> jax.Array:
+BLUE_NOISE_BLOCK_FRACTION = 50 / 256
+"""The authors' low-frequency block: 50 of 256 coefficients per side (DESIGN.md)."""
+
+
+def dct_low_frequency(images: jax.Array, fraction: float = BLUE_NOISE_BLOCK_FRACTION) -> jax.Array:
     """Top-left low-frequency block of the orthonormal 2-D DCT-II over H and W.
 
     DESIGN.md (NIB / halftoning): the blue-noise loss is an L1 distance on "the low-frequency block
     of an orthonormal 2-D DCT (top-left ~20% per side) between halftone and gray", computed on
-    constant-gray images. The block is ceil(fraction · H) × ceil(fraction · W).
+    constant-gray images; the authors keep 50 of 256 coefficients per side. The block is
+    ceil(fraction · H) × ceil(fraction · W).
 
     Args:
       images: (B, H, W, C).
