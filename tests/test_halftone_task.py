@@ -323,13 +323,14 @@ def test_report_writes_pictures_and_comparison_table(tmp_path, monkeypatch):
         )
 
 
-def test_the_halftoner_trains_where_grain_tfds_and_ml_collections_are_absent(tmp_path):
-    """The GPU machine has none of them: the comic halftoner must train through the loop."""
+def test_the_halftoner_trains_where_grain_tfds_ml_collections_and_tensorboardx_are_absent(tmp_path):
+    """The GPU machine has none of them: the comic halftoner must train through the loop, its
+    metrics going to metrics.jsonl alone."""
     script = f"""
 import dataclasses, sys
 class Absent:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("grain", "tensorflow_datasets", "ml_collections"):
+        if name.split(".")[0] in ("grain", "tensorflow_datasets", "ml_collections", "tensorboardX"):
             raise ImportError(name)
 sys.meta_path.insert(0, Absent())
 import jax
@@ -348,10 +349,13 @@ config["model"]["nib"]["stationary"] = False
 config["eval"].update(image_size=16, batch_size=2, num_batches=1)
 result = train(halftone.build(config), LoopConfig(**config["train"]), {str(tmp_path)!r})
 assert result.step == 2, result
-assert not {{"grain", "tensorflow_datasets", "ml_collections"}} & set(sys.modules)
+assert not {{"grain", "tensorflow_datasets", "ml_collections", "tensorboardX"}} & set(sys.modules)
 """
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
     completed = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "tensorboardX is not installed" in completed.stderr
+    assert (tmp_path / "metrics.jsonl").read_text().count('"split": "train"') >= 1
+    assert not (tmp_path / "tensorboard").exists()

@@ -1,4 +1,5 @@
-"""Metrics to ``metrics.jsonl`` and TensorBoard event files (tensorboardX, no TensorFlow)."""
+"""Metrics to ``metrics.jsonl`` and TensorBoard event files (tensorboardX, no TensorFlow; without
+tensorboardX installed, metrics.jsonl alone)."""
 
 from __future__ import annotations
 
@@ -59,8 +60,15 @@ class MetricWriter:
             return
         os.makedirs(workdir, exist_ok=True)
         self._truncate_after(resume_step)
-        from tensorboardX import SummaryWriter
-
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:  # e.g. an accelerator image without it: metrics.jsonl is the record
+            log.warning(
+                "tensorboardX is not installed: metrics go to %s only, no TensorBoard files "
+                "(pip install tensorboardX to get them)",
+                self.path,
+            )
+            return
         self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=None)
 
     def _truncate_after(self, step: int) -> None:
@@ -76,6 +84,8 @@ class MetricWriter:
         record = {"step": int(step), "split": split, **{k: float(v) for k, v in metrics.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self._tensorboard is None:
+            return
         for name, value in metrics.items():
             self._tensorboard.add_scalar(f"{split}/{name}", float(value), int(step))
 
