@@ -49,6 +49,9 @@ def test_default_table_metric_is_top1_on_small_label_sets_and_top5_on_imagenet()
     assert row["clean"] == 90.0 and row["motion_blur"] == 90.0  # top-1, not the saturated top-5
     row = robustness.table2_row({**_result(90.0), "table_metric": "top5"})
     assert row["clean"] == 100.0 and row["targeted_occlusion"] == 90.0  # Occ. stays top-1
+    assert robustness.caption({"ResNet18": _result(90.0)}).startswith("Top-1 accuracy (%)")
+    top5_caption = robustness.caption({"ResNet50": {**_result(90.0), "table_metric": "top5"}})
+    assert top5_caption.startswith("Top-5 accuracy (%) averaged over the four strengths; top-1 ")
 
 
 def test_runs_occluded_by_one_reference_merge_into_one_captioned_table(tmp_path, monkeypatch):

@@ -205,11 +205,11 @@ def caption(results: Mapping[str, Result]) -> str:
     """Table 2's caption: the metric, the occlusion's reference model, the mixture."""
     first = next(iter(results.values()))
     metric = _table_metric(first)
-    text = (
-        f"{METRIC_TITLES[metric]} accuracy (%) averaged over the four strengths; top-1 for "
-        + ", ".join(DISTORTIONS[name].title for name in TOP1_COLUMNS)
-        + "."
-    )
+    text = f"{METRIC_TITLES[metric]} accuracy (%) averaged over the four strengths"
+    if metric != "top1":
+        top1_titles = ", ".join(DISTORTIONS[name].title for name in TOP1_COLUMNS)
+        text += f"; top-1 for the targeted occlusion ({top1_titles})"
+    text += "."
     reference = first.get("occlusion_reference")
     if reference is not None:
         text += (
