@@ -1,6 +1,12 @@
 """Pure-functional Flax linen layers, one module per family (+ shared noise-map helpers)."""
 
 from noise_research.layers.nib import NIB_COMBINES, NoiseIncentiveBlock
+from noise_research.layers.noise_injection import (
+    RNI_VARIANTS,
+    EuclideanNoiseInjection,
+    RiemannianNoiseInjection,
+    semantic_map,
+)
 from noise_research.layers.noise_maps import (
     NOISE_DISTRIBUTIONS,
     pixel_keyed_noise_map,
@@ -24,10 +30,13 @@ __all__ = [
     "NIB_COMBINES",
     "NOISE_DISTRIBUTIONS",
     "QUANTIZATIONS",
+    "RNI_VARIANTS",
     "DoReFaConv",
+    "EuclideanNoiseInjection",
     "HyperPower",
     "NoiseIncentiveBlock",
     "QuantizedConv",
+    "RiemannianNoiseInjection",
     "ScalableFloor",
     "SignedPower",
     "dorefa_activations",
@@ -36,5 +45,6 @@ __all__ = [
     "pixel_keyed_noise_map",
     "sample_noise_map",
     "scalable_floor",
+    "semantic_map",
     "signed_power",
 ]
