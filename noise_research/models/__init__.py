@@ -1,5 +1,10 @@
 """Networks that accept any layer at named places."""
 
+from noise_research.models.dcgan import (
+    DCGANDiscriminator,
+    DCGANGenerator,
+    feature_sides,
+)
 from noise_research.models.halftone import (
     HALFTONE_MODELS,
     HalftoneResNet,
@@ -10,10 +15,13 @@ from noise_research.models.resnet import ResidualBlock, ResNet, resnet_places
 
 __all__ = [
     "HALFTONE_MODELS",
+    "DCGANDiscriminator",
+    "DCGANGenerator",
     "HalftoneResNet",
     "HalftoneUNet",
     "ResNet",
     "ResidualBlock",
     "build_halftone_model",
+    "feature_sides",
     "resnet_places",
 ]
