@@ -11,17 +11,20 @@ from noise_research.models.halftone import (
     HalftoneUNet,
     build_halftone_model,
 )
+from noise_research.models.inception import FIDInceptionV3, load_fid_inception_variables
 from noise_research.models.resnet import ResidualBlock, ResNet, resnet_places
 
 __all__ = [
     "HALFTONE_MODELS",
     "DCGANDiscriminator",
     "DCGANGenerator",
+    "FIDInceptionV3",
     "HalftoneResNet",
     "HalftoneUNet",
     "ResNet",
     "ResidualBlock",
     "build_halftone_model",
     "feature_sides",
+    "load_fid_inception_variables",
     "resnet_places",
 ]
