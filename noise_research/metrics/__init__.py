@@ -1,11 +1,19 @@
 """Metrics: halftone quality and spectra (more families are added next to `halftone`)."""
 
-from noise_research.metrics import fid, halftone
+from noise_research.metrics import fid, gan_geometry, halftone
 from noise_research.metrics.fid import (
     domain_fid_evaluator,
     fid_evaluator,
     frechet_distance,
     kernel_distance,
+)
+from noise_research.metrics.gan_geometry import (
+    condition_metrics,
+    condition_number_evaluator,
+    condition_numbers,
+    intermediate_features,
+    jacobian_spectrum,
+    layer_spectra,
 )
 from noise_research.metrics.halftone import (
     DEFAULT_LOW_FREQUENCY_CUTOFF,
@@ -22,14 +30,21 @@ from noise_research.metrics.halftone import (
 __all__ = [
     "DEFAULT_LOW_FREQUENCY_CUTOFF",
     "anisotropy",
+    "condition_metrics",
+    "condition_number_evaluator",
+    "condition_numbers",
     "dct_low_frequency",
     "domain_fid_evaluator",
     "fid",
     "fid_evaluator",
     "fraction_binary",
     "frechet_distance",
+    "gan_geometry",
     "halftone",
+    "intermediate_features",
+    "jacobian_spectrum",
     "kernel_distance",
+    "layer_spectra",
     "low_frequency_energy",
     "radially_averaged_power_spectrum",
     "ssim",
