@@ -13,6 +13,7 @@ from noise_research.models.halftone import (
 )
 from noise_research.models.inception import FIDInceptionV3, load_fid_inception_variables
 from noise_research.models.resnet import ResidualBlock, ResNet, resnet_places
+from noise_research.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 
 __all__ = [
     "HALFTONE_MODELS",
@@ -23,6 +24,8 @@ __all__ = [
     "HalftoneUNet",
     "ResNet",
     "ResidualBlock",
+    "StyleGAN2Discriminator",
+    "StyleGAN2Generator",
     "build_halftone_model",
     "feature_sides",
     "load_fid_inception_variables",
