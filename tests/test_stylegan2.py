@@ -18,6 +18,7 @@ from noise_research.models.stylegan2 import (
     EqualizedDense,
     MappingNetwork,
     ModulatedConv,
+    ToRGB,
     channels_at,
     minibatch_stddev,
     modulated_weights,
@@ -87,6 +88,44 @@ def test_generator_shapes_layer_names_noise_shapes_and_sown_features(resolution)
     ws = jnp.broadcast_to(w[:, None], (3, generator.num_ws, TINY["w_dim"]))
     np.testing.assert_allclose(apply(variables, ws, inject=False, method="synthesize"),
                                apply(variables, z, inject=False), rtol=1e-6, atol=1e-6)  # fmt: skip
+
+
+def test_the_image_is_the_skip_sum_of_every_blocks_torgb():
+    """rgb = upsample(toRGB_4(x_4)) + toRGB_8(x_8), each toRGB on its block's last features."""
+    generator = _generator("none", resolution=16)
+    z, variables = _init(generator)
+    images, state = _apply(generator)(variables, z, mutable=("intermediates",))
+    features = {k: v[0] for k, v in state["intermediates"].items()}
+    w = _apply(generator)(variables, z, method="map")
+    synthesis = variables["params"]["synthesis"]
+    rgb = 0.0
+    for side, last in ((4, "b4_conv"), (8, "b8_conv1"), (16, "b16_conv1")):
+        to_rgb = ToRGB().apply(
+            {"params": synthesis[f"b{side}_torgb"]}, features[f"features_{last}"], w
+        )
+        rgb = to_rgb if side == 4 else upsample_2x(rgb) + to_rgb
+    np.testing.assert_allclose(images, rgb, rtol=1e-5, atol=1e-5)
+
+
+def test_synthesis_layer_i_takes_w_i_and_the_last_w_only_reaches_the_last_torgb():
+    """StyleGAN2's ws layout: the i-th synthesis layer uses ws[i]; block r's toRGB uses the w of
+    the next layer (ws[num_ws − 1] for the last)."""
+    generator = _generator("none")  # 8²: b4_conv, b8_conv0, b8_conv1; num_ws = 4
+    z, variables = _init(generator)
+    apply = _apply(generator)
+    w = apply(variables, z, method="map")
+    ws = jnp.broadcast_to(w[:, None], (2, generator.num_ws, w.shape[-1]))
+
+    def run(ws):
+        images, state = apply(variables, ws, method="synthesize", mutable=("intermediates",))
+        return images, [state["intermediates"][f"features_{n}"][0] for n in generator.layer_names]
+
+    images, features = run(ws)
+    for index in range(generator.num_ws):
+        moved_images, moved = run(ws.at[:, index].add(1.0))
+        changed = [not np.allclose(a, b, atol=1e-6) for a, b in zip(features, moved, strict=True)]
+        assert changed == [i >= index for i in range(len(features))], index
+        assert not np.allclose(moved_images, images, atol=1e-6)
 
 
 def test_config_f_at_256_has_stylegan2s_widths():
