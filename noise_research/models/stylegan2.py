@@ -171,8 +171,9 @@ def pixel_norm(x: Array, eps: float = _EPS) -> Array:
 def _fir(x: Array, *, up: int, down: int, pad: tuple[int, int]) -> Array:
     """upfirdn2d with the [1, 3, 3, 1] filter (normalised, gain up²), depthwise, on NHWC ``x``:
     zero-insertion by ``up``, zero padding ``pad`` (before, after) of each spatial axis, the FIR
-    filter, decimation by ``down``. ``up=2`` pads after by one pixel less than upfirdn2d because
-    lhs dilation does not append upfirdn2d's trailing zero row; the pads below account for it."""
+    filter, decimation by ``down``. Lhs dilation does not append upfirdn2d's trailing zero row:
+    with ``up=2`` the "after" pad is upfirdn2d's plus one (`upsample_2x`: upfirdn2d's (2, 1) is
+    (2, 2) here)."""
     taps = np.asarray(RESAMPLE_FILTER, np.float32)
     kernel2d = np.outer(taps, taps) / np.sum(taps) ** 2 * up**2
     channels = x.shape[-1]
@@ -190,7 +191,7 @@ def _fir(x: Array, *, up: int, down: int, pad: tuple[int, int]) -> Array:
 
 def upsample_2x(x: Array) -> Array:
     """(B, H, W, C) → (B, 2H, 2W, C): StyleGAN2's ``upsample_2d`` (upfirdn2d, up 2, pad (2, 1)):
-    bilinear interpolation in the interior, zero padding at the borders."""
+    bilinear interpolation (half-pixel centres) in the interior, zero padding at the borders."""
     return _fir(x, up=2, down=1, pad=(2, 2))
 
 
