@@ -14,6 +14,7 @@ from noise_research.config_schema import ConfigError
 TASK_MODULES = {
     "halftone": "noise_research.tasks.halftone",
     "classify": "noise_research.tasks.classify",
+    "gan": "noise_research.tasks.gan",
 }
 
 
