@@ -141,6 +141,37 @@ class ProcessSlice:
         return range(first, first + self.per_process_batch_size)
 
 
+class PositionalImageBatches:
+    """Batch source of procedural images, each a pure function of (seed, its global position).
+
+    Follows the `BatchSource` contract: ``batch(step)`` is this process's slice of the global batch
+    for ``step``, ``{"image": (global_batch_size // process_count, H, W, C)}`` and ``"position"``
+    (b,) int32, the rows' global positions; the same global batch for any number of processes.
+    Subclasses define ``image(position) -> (H, W, C)`` from ``self.seed`` and ``self.size``.
+    """
+
+    def __init__(
+        self,
+        global_batch_size: int,
+        size: tuple[int, int],
+        seed: int = 0,
+        process_index: int | None = None,
+        process_count: int | None = None,
+    ) -> None:
+        self.process_slice = ProcessSlice(global_batch_size, process_index, process_count)
+        self.global_batch_size = self.process_slice.global_batch_size
+        self.size = check_image_size(size)
+        self.seed = check_seed(seed)
+
+    def image(self, position: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        positions = self.process_slice.global_positions(step)
+        images = [self.image(position) for position in positions]
+        return {"image": np.stack(images), "position": np.asarray(positions, np.int32)}
+
+
 def rgb_to_gray(image: np.ndarray) -> np.ndarray:
     """Gray (H, W, 1) float32 from an (H, W, 3) RGB or (H, W[, 1]) gray image, same value scale.
 

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from noise_research.data.base import (
+    PositionalImageBatches,
     ProcessSlice,
     check_image_size,
     check_integer,
@@ -261,32 +262,12 @@ def comic_image(seed: int, index: int, size: tuple[int, int]) -> np.ndarray:
     return uint8_scale_to_signed_unit(np.asarray(canvas))[..., None]
 
 
-class ComicBatches:
-    """Batch source of `comic_image`s: the example at global position n is comic_image(seed, n).
+class ComicBatches(PositionalImageBatches):
+    """Batch source of `comic_image`s: the example at global position n is comic_image(seed, n),
+    ``{"image": (b, H, W, 1)}`` float32 in [−1, 1] (`PositionalImageBatches`)."""
 
-    Follows the `BatchSource` contract (base.py): `batch(step)` is this process's slice of the
-    global batch for `step`, `{"image": (global_batch_size // process_count, H, W, 1)}`.
-    """
-
-    def __init__(
-        self,
-        global_batch_size: int,
-        size: tuple[int, int],
-        seed: int = 0,
-        process_index: int | None = None,
-        process_count: int | None = None,
-    ) -> None:
-        self.process_slice = ProcessSlice(global_batch_size, process_index, process_count)
-        self.global_batch_size = self.process_slice.global_batch_size
-        self.size = check_image_size(size)
-        self.seed = check_seed(seed)
-
-    def batch(self, step: int) -> dict[str, np.ndarray]:
-        """This process's comic images for `step`: {"image": (b, H, W, 1)} float32 in [−1, 1] and
-        "position": (b,) int32, their global positions."""
-        positions = self.process_slice.global_positions(step)
-        images = [comic_image(self.seed, position, self.size) for position in positions]
-        return {"image": np.stack(images), "position": np.asarray(positions, np.int32)}
+    def image(self, position: int) -> np.ndarray:
+        return comic_image(self.seed, position, self.size)
 
 
 def constant_gray_batch(

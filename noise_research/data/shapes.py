@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from noise_research.data.base import ProcessSlice, check_image_size, check_seed
+from noise_research.data.base import PositionalImageBatches, check_image_size, check_seed
 
 PALETTE = np.array(
     [
@@ -51,25 +51,9 @@ def shape_image(seed: int, index: int, size: tuple[int, int]) -> np.ndarray:
     return (2.0 * np.clip(image, 0.0, 1.0) - 1.0).astype(np.float32)
 
 
-class ShapeBatches:
-    """Batch source of `shape_image`s (the `BatchSource` contract of data/base.py):
-    ``batch(step)`` is this process's slice of the global batch, ``{"image": (b, H, W, 3)}``
-    float32 in [−1, 1] and ``"position"`` (b,) int32, the rows' global positions."""
+class ShapeBatches(PositionalImageBatches):
+    """Batch source of `shape_image`s: ``{"image": (b, H, W, 3)}`` float32 in [−1, 1]
+    (`PositionalImageBatches`)."""
 
-    def __init__(
-        self,
-        global_batch_size: int,
-        size: tuple[int, int],
-        seed: int = 0,
-        process_index: int | None = None,
-        process_count: int | None = None,
-    ) -> None:
-        self.process_slice = ProcessSlice(global_batch_size, process_index, process_count)
-        self.global_batch_size = self.process_slice.global_batch_size
-        self.size = check_image_size(size)
-        self.seed = check_seed(seed)
-
-    def batch(self, step: int) -> dict[str, np.ndarray]:
-        positions = self.process_slice.global_positions(step)
-        images = [shape_image(self.seed, position, self.size) for position in positions]
-        return {"image": np.stack(images), "position": np.asarray(positions, np.int32)}
+    def image(self, position: int) -> np.ndarray:
+        return shape_image(self.seed, position, self.size)
