@@ -199,7 +199,7 @@ class GanTask(Task):
 
     sections = SECTIONS
 
-    def __init__(self, config: Mapping[str, Any], parallel_axis: str | None = "batch"):
+    def __init__(self, config: Mapping[str, Any]):
         self.config = config
         self.data = cs.read_section(GanData, config["data"])
         self.model_config = cs.read_section(GanModel, config["model"])
