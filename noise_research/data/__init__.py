@@ -1,5 +1,5 @@
 """Data: the batch-source contract, procedural images, scikit-image samples, TFDS + grain,
-classification sources (scikit-learn digits, TFDS).
+classification sources (scikit-learn digits, TFDS), GAN images from TFDS.
 
 TFDS, grain and scikit-learn are imported lazily inside the functions that use them, so this
 package imports without them.
@@ -36,6 +36,13 @@ from noise_research.data.distortions import (
     image_gradient_saliency,
     save_distortion_gallery,
 )
+from noise_research.data.gan_images import (
+    CELEBA_CROPS,
+    TfdsGanImages,
+    check_gan_resolution,
+    crop_and_resize_gan,
+    gan_crop_box,
+)
 from noise_research.data.procedural import (
     ComicBatches,
     comic_image,
@@ -54,6 +61,7 @@ from noise_research.data.tfds_images import (
 )
 
 __all__ = [
+    "CELEBA_CROPS",
     "DISTORTIONS",
     "SAMPLE_IMAGE_NAMES",
     "BatchSource",
@@ -63,18 +71,22 @@ __all__ = [
     "Distortion",
     "ProcessSlice",
     "TfdsClassificationBatches",
+    "TfdsGanImages",
     "TfdsImageBatches",
     "TfdsInputError",
     "apply_distortion",
     "augmentation_rng",
+    "check_gan_resolution",
     "comic_image",
     "constant_gray_batch",
     "crop_and_resize",
+    "crop_and_resize_gan",
     "digits_split",
     "digits_split_indices",
     "epoch_permutation",
     "eval_crop_box",
     "eval_preprocessing",
+    "gan_crop_box",
     "gradient_saliency",
     "gray_ramp",
     "gray_random_crop",
