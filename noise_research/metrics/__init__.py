@@ -1,6 +1,6 @@
 """Metrics: halftone quality and spectra (more families are added next to `halftone`)."""
 
-from noise_research.metrics import fid, gan_geometry, halftone
+from noise_research.metrics import fid, gan_geometry, halftone, ppl
 from noise_research.metrics.fid import (
     domain_fid_evaluator,
     fid_evaluator,
@@ -26,6 +26,12 @@ from noise_research.metrics.halftone import (
     tone_blur,
     tone_psnr,
 )
+from noise_research.metrics.ppl import (
+    path_length_metrics,
+    ppl_evaluator,
+    ppl_values,
+    summarize_path_lengths,
+)
 
 __all__ = [
     "DEFAULT_LOW_FREQUENCY_CUTOFF",
@@ -46,8 +52,13 @@ __all__ = [
     "kernel_distance",
     "layer_spectra",
     "low_frequency_energy",
+    "path_length_metrics",
+    "ppl",
+    "ppl_evaluator",
+    "ppl_values",
     "radially_averaged_power_spectrum",
     "ssim",
+    "summarize_path_lengths",
     "tone_blur",
     "tone_psnr",
 ]
