@@ -1,7 +1,28 @@
-"""Test setup: 8 fake CPU devices for the parallel tests (must precede the first jax import)."""
+"""Test setup: 8 fake CPU devices for the parallel tests (must precede the first jax import), and
+one persistent XLA compilation cache for the whole test run.
+
+Many tests compile the same programs (a resumed run compiles what the straight run did; the
+CLI tests' subprocesses compile what the in-process tests did): the cache, shared by the xdist
+workers and every subprocess they start (they inherit the environment), compiles each once. It is
+a fresh directory per run, removed at the end, so no test sees a previous run's executables.
+"""
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The xdist controller imports this file before it starts its workers, which inherit the
+# variables: the controller creates the directory, the workers find it set.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="noise_research_xla_")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The process that created the cache removes it (the controller, after its workers)."""
+    if _OWN_CACHE and not hasattr(session.config, "workerinput"):
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
