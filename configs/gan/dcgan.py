@@ -1,7 +1,7 @@
 """DCGAN with no, Euclidean or Riemannian noise injection after each generator ReLU.
 
 Usage: --config configs/gan/dcgan.py:riemannian          (DESIGN.md's DCGAN: batch 128, lr 2e-4)
-       --config configs/gan/dcgan.py:riemannian_demo     (a 32² width-16 pair for 2 CPU cores)
+       --config configs/gan/dcgan.py:riemannian_demo     (a 32² pair for 2 CPU cores)
 Arguments: none, euclidean, riemannian, each with or without _demo.
 Every key, its default and its meaning: noise_research/tasks/gan.py (the config sections).
 """
