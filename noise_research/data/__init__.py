@@ -51,6 +51,7 @@ from noise_research.data.procedural import (
     gray_steps,
 )
 from noise_research.data.sample_images import SAMPLE_IMAGE_NAMES, sample_images
+from noise_research.data.shapes import FACTOR_CLASSES, ShapeBatches, shape_factors, shape_image
 from noise_research.data.tfds_images import (
     DatasetNotPreparedError,
     TfdsImageBatches,
@@ -63,6 +64,7 @@ from noise_research.data.tfds_images import (
 __all__ = [
     "CELEBA_CROPS",
     "DISTORTIONS",
+    "FACTOR_CLASSES",
     "SAMPLE_IMAGE_NAMES",
     "BatchSource",
     "ComicBatches",
@@ -70,6 +72,7 @@ __all__ = [
     "DigitsBatches",
     "Distortion",
     "ProcessSlice",
+    "ShapeBatches",
     "TfdsClassificationBatches",
     "TfdsGanImages",
     "TfdsImageBatches",
@@ -101,6 +104,8 @@ __all__ = [
     "rgb_to_gray",
     "sample_images",
     "save_distortion_gallery",
+    "shape_factors",
+    "shape_image",
     "train_augmentation",
     "uint8_scale_to_signed_unit",
     "worker_batches",

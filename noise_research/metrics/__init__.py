@@ -1,6 +1,12 @@
 """Metrics: halftone quality and spectra (more families are added next to `halftone`)."""
 
-from noise_research.metrics import fid, gan_geometry, halftone, ppl
+from noise_research.metrics import domain_features, fid, gan_geometry, halftone, ppl
+from noise_research.metrics.domain_features import (
+    DomainFeatureNetwork,
+    domain_fid_of_images,
+    shapes_feature_network,
+    train_shapes_feature_network,
+)
 from noise_research.metrics.fid import (
     domain_fid_evaluator,
     fid_evaluator,
@@ -35,12 +41,15 @@ from noise_research.metrics.ppl import (
 
 __all__ = [
     "DEFAULT_LOW_FREQUENCY_CUTOFF",
+    "DomainFeatureNetwork",
     "anisotropy",
     "condition_metrics",
     "condition_number_evaluator",
     "condition_numbers",
     "dct_low_frequency",
+    "domain_features",
     "domain_fid_evaluator",
+    "domain_fid_of_images",
     "fid",
     "fid_evaluator",
     "fraction_binary",
@@ -57,8 +66,10 @@ __all__ = [
     "ppl_evaluator",
     "ppl_values",
     "radially_averaged_power_spectrum",
+    "shapes_feature_network",
     "ssim",
     "summarize_path_lengths",
     "tone_blur",
     "tone_psnr",
+    "train_shapes_feature_network",
 ]
