@@ -14,6 +14,9 @@ import tempfile
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Two xdist workers share 2 cores with XLA's threads: a multi-threaded BLAS (scipy's sqrtm in
+# FID) then spends ~1 s where one thread takes 10–60 ms.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # The xdist controller imports this file before it starts its workers, which inherit the
 # variables: the controller creates the directory, the workers find it set.
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
