@@ -173,3 +173,133 @@ def test_a_bad_option_outside_the_checkout_prints_only_its_line(tmp_path):
     ]
     assert completed.stdout == ""
     assert not (tmp_path / "halftone.json").exists()
+
+
+def test_gan_benchmark_writes_every_injection_and_the_ratios_of_its_times(tmp_path):
+    """An 8² StyleGAN2 pair (≤ 8 channels), batch 4, 2 timed steps of the plain kinds. XLA's
+    backend optimisation is off in the subprocess: the test checks the JSON, not the speed, and
+    compiling the nine programs (three inits, three D and three G steps) takes a third as long."""
+    import os
+
+    out = tmp_path / "gan.json"
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+    command = [
+        sys.executable, "-m", "noise_research.bench", "gan", f"--out={out}", "--resolution=8",
+        "--channel-base=32", "--channel-max=8", "--latent-dim=8", "--w-dim=8",
+        "--mapping-layers=1", "--batch-size=4", "--steps=2", "--warmup=0", "--no-regularised",
+    ]  # fmt: skip
+    completed = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env
+    )
+    assert completed.returncode == 0, completed.stderr
+    payload = json.loads(out.read_text())
+    assert payload["benchmark"] == "gan"
+    assert payload["environment"]["platform"] == "cpu" and payload["environment"]["jax_version"]
+    settings = payload["settings"]
+    assert (settings["resolution"], settings["batch_size"], settings["channel_max"]) == (8, 4, 8)
+    assert settings["inject_at"] == [4, 8] and settings["regularised"] is False
+    results = payload["injections"]
+    assert list(results) == ["none", "euclidean", "riemannian"]
+    for entry in results.values():
+        assert set(entry["step_ms"]) == {"discriminator", "generator"}
+        assert all(ms > 0 for ms in entry["step_ms"].values())
+        assert entry["iteration_ms"] == pytest.approx(
+            entry["step_ms"]["discriminator"] + entry["step_ms"]["generator"]
+        )
+        assert entry["iterations_per_second"] == pytest.approx(1e3 / entry["iteration_ms"])
+        assert all(seconds > 0 for seconds in entry["compile_seconds"].values())
+        assert "amortised_iteration_ms" not in entry
+    for name, (top, bottom) in {
+        "riemannian_over_euclidean": ("riemannian", "euclidean"),
+        "euclidean_over_none": ("euclidean", "none"),
+    }.items():
+        ratios = payload["ratios"][name]
+        assert set(ratios) == {"discriminator", "generator", "iteration"}
+        for kind in ("discriminator", "generator"):
+            expected = results[top]["step_ms"][kind] / results[bottom]["step_ms"][kind]
+            assert ratios[kind] == pytest.approx(expected)
+        expected = results[top]["iteration_ms"] / results[bottom]["iteration_ms"]
+        assert ratios["iteration"] == pytest.approx(expected)
+    target = payload["target"]
+    assert target["max_ratio"] == 1.10 and target["met"] is None  # judged on a GPU only
+    assert target["ratio"] == payload["ratios"]["riemannian_over_euclidean"]["iteration"]
+    assert target["amortised_ratio"] is None  # --no-regularised
+
+
+def test_gan_target_is_judged_on_a_gpu_only():
+    from noise_research.bench import gan as gan_bench
+
+    ratios = {"riemannian_over_euclidean": {"iteration": 1.08, "amortised_iteration": 1.12}}
+    on_gpu = gan_bench.target(ratios, "gpu")
+    assert (on_gpu["met"], on_gpu["amortised_met"]) == (True, False)
+    on_cpu = gan_bench.target(ratios, "cpu")
+    assert (on_cpu["ratio"], on_cpu["met"], on_cpu["amortised_met"]) == (1.08, None, None)
+
+
+def test_gan_amortised_iteration_counts_one_r1_step_in_16_and_one_path_length_step_in_4():
+    from noise_research.bench import gan as gan_bench
+
+    step_ms = {
+        "discriminator": 2.0,
+        "generator": 3.0,
+        "discriminator_r1": 18.0,
+        "generator_path_length": 7.0,
+    }
+    settings = {"batch_size": 4, "r1_every": 16, "path_length_every": 4}
+    amortised = gan_bench.amortised_iteration_ms(step_ms, settings)
+    assert amortised == pytest.approx((15 * 2.0 + 18.0) / 16 + (3 * 3.0 + 7.0) / 4)
+
+
+GAN_BAD_OPTIONS = [
+    (
+        ["gan", "--resolution=48"],
+        "--resolution: config.data.resolution = 48: not allowed; it must be a power of two ≥ 4 "
+        "for model.architecture='stylegan2'",
+    ),
+    (
+        ["gan", "--batch-size=6"],
+        "--batch-size: config.model.mbstd_group_size = 4: not allowed; it must be a positive "
+        "integer dividing data.batch_size",
+    ),
+    (
+        ["gan", "--injections=none,gaussian"],
+        "--injections: 'gaussian' is not allowed; it must be one of 'none', 'euclidean', "
+        "'riemannian'",
+    ),
+    (["gan", "--channel-max=0"], "--channel-max: 0 is not allowed; it must be an integer >= 1"),
+    (["gan", "--steps=0"], "--steps: 0 is not allowed; it must be an integer >= 1"),
+]
+"""A bad option of the GAN benchmark, and the line it prints after ``error: ``."""
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"), [pytest.param(*case, id=" ".join(case[0])) for case in GAN_BAD_OPTIONS]
+)
+def test_a_bad_gan_option_stops_with_one_line_before_anything_compiles(
+    args, expected, monkeypatch, capsys
+):
+    from noise_research.bench import gan as gan_bench
+
+    def started(*_, **__):
+        raise AssertionError("the benchmark started")
+
+    monkeypatch.setattr(gan_bench, "prepare_injection", started)
+    with pytest.raises(SystemExit) as stopped:
+        bench.main(args)
+    assert stopped.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"error: {expected}"]
+    assert captured.out == ""
+
+
+def test_the_gan_defaults_are_the_papers_size_and_demo_is_the_tasks_cpu_size():
+    from noise_research.bench import gan as gan_bench
+
+    parser = bench.build_parser()
+    full = gan_bench.checked_settings(parser.parse_args(["gan"]))
+    assert (full["resolution"], full["batch_size"], full["channel_base"]) == (128, 32, 16384)
+    assert full["inject_at"] == [4, 8, 16, 32, 64, 128] and full["regularised"] is True
+    assert full["injections"] == ["none", "euclidean", "riemannian"]
+    demo = gan_bench.checked_settings(parser.parse_args(["gan", "--demo", "--batch-size=8"]))
+    assert (demo["resolution"], demo["batch_size"], demo["channel_max"]) == (32, 8, 64)

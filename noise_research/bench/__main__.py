@@ -20,6 +20,7 @@ BENCHMARKS = {
     "halftone": "noise_research.bench.halftone",
     "classify": "noise_research.bench.classify",
     "input": "noise_research.bench.input",
+    "gan": "noise_research.bench.gan",
 }
 
 

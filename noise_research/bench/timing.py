@@ -8,7 +8,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -27,6 +27,24 @@ def median_seconds(fn: Callable[[], Any], *, warmup: int, repeats: int) -> float
         times.append(time.perf_counter() - start)
     times.sort()
     return times[len(times) // 2]
+
+
+def interleaved_median_seconds(
+    fns: Mapping[str, Callable[[], Any]], *, warmup: int, repeats: int
+) -> dict[str, float]:
+    """Median wall time of each ``fns[name]()`` (each must block until its result is ready),
+    timed in rounds that call every function once, in order: a machine whose load changes during
+    the measurement (a shared CPU) slows them all alike, so their ratios stay fair."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: sorted(values)[len(values) // 2] for name, values in times.items()}
 
 
 def train_images_per_second(
