@@ -2,8 +2,11 @@
 
 Two players, two optimizers, one state: a step of kind ``'discriminator'`` (every even loop step;
 ``'discriminator_r1'`` every ``loss.r1_every``-th of them when ``loss.r1_gamma`` > 0, the lazy R1
-of StyleGAN2) or ``'generator'`` (odd steps), each compiled once. Losses (Goodfellow et al. 2014,
-non-saturating; Mescheder et al. 2018 for R1):
+of StyleGAN2) or ``'generator'`` (odd steps; ``'generator_path_length'`` every
+``loss.path_length_every``-th of them when ``loss.path_length_weight`` > 0, StyleGAN2 only),
+each compiled once. The pair is a DCGAN or a StyleGAN2 (``model.architecture``), both behind
+``models/gan_pairs.py``. Losses (Goodfellow et al. 2014, non-saturating; Mescheder et al. 2018
+for R1; Karras et al. 2020 for the path length, see `GanTask._path_length_penalty`):
 
 * discriminator: ``softplus(D(G(z))) + softplus(−D(x))``, plus with R1
   ``r1_every · γ/2 · ‖∇ₓD(x)‖²`` (lazy: the penalty is applied every ``r1_every`` discriminator
@@ -12,8 +15,9 @@ non-saturating; Mescheder et al. 2018 for R1):
   ``ema ← β·ema + (1 − β)·params`` with β = `ema_decay` (samples and evaluation use the EMA).
 
 Latents and injected noise are drawn per row from ``fold_in(step key, position)``: a sample does not
-depend on the device or backend that computes it. BatchNorm statistics are over the global batch
-(``axis_name`` under pmap), so jit and pmap give the same run.
+depend on the device or backend that computes it. BatchNorm statistics, StyleGAN2's minibatch
+standard deviation and the path-length mean are over the global batch, so jit and pmap give the
+same run.
 """
 
 from __future__ import annotations
