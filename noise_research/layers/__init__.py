@@ -12,6 +12,15 @@ from noise_research.layers.noise_maps import (
     pixel_keyed_noise_map,
     sample_noise_map,
 )
+from noise_research.layers.positive_noise import (
+    LINEAR_TRANSFORM_QS,
+    LatentGaussianNoise,
+    LinearTransformNoise,
+    SaltPepperNoise,
+    optimal_q_matrix,
+    optimal_q_mutual_information_bound,
+    shift_q_matrix,
+)
 from noise_research.layers.quantization import (
     QUANTIZATIONS,
     DoReFaConv,
@@ -27,6 +36,7 @@ from noise_research.layers.quantization import (
 )
 
 __all__ = [
+    "LINEAR_TRANSFORM_QS",
     "NIB_COMBINES",
     "NOISE_DISTRIBUTIONS",
     "QUANTIZATIONS",
@@ -34,17 +44,23 @@ __all__ = [
     "DoReFaConv",
     "EuclideanNoiseInjection",
     "HyperPower",
+    "LatentGaussianNoise",
+    "LinearTransformNoise",
     "NoiseIncentiveBlock",
     "QuantizedConv",
     "RiemannianNoiseInjection",
+    "SaltPepperNoise",
     "ScalableFloor",
     "SignedPower",
     "dorefa_activations",
     "dorefa_binary_weights",
     "exponent_penalty",
+    "optimal_q_matrix",
+    "optimal_q_mutual_information_bound",
     "pixel_keyed_noise_map",
     "sample_noise_map",
     "scalable_floor",
     "semantic_map",
+    "shift_q_matrix",
     "signed_power",
 ]
