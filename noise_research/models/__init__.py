@@ -14,9 +14,11 @@ from noise_research.models.halftone import (
 from noise_research.models.inception import FIDInceptionV3, load_fid_inception_variables
 from noise_research.models.resnet import ResidualBlock, ResNet, resnet_places
 from noise_research.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
+from noise_research.models.vit import VIT_SIZES, ViT, vit_places
 
 __all__ = [
     "HALFTONE_MODELS",
+    "VIT_SIZES",
     "DCGANDiscriminator",
     "DCGANGenerator",
     "FIDInceptionV3",
@@ -26,8 +28,10 @@ __all__ = [
     "ResidualBlock",
     "StyleGAN2Discriminator",
     "StyleGAN2Generator",
+    "ViT",
     "build_halftone_model",
     "feature_sides",
     "load_fid_inception_variables",
     "resnet_places",
+    "vit_places",
 ]
