@@ -156,6 +156,48 @@ def test_insertion_output_replaces_the_features():
     assert not np.allclose(plain.apply(variables, images, train=False), zeroed_logits)
 
 
+class SowingPositions(nn.Module):
+    """An insertion that takes positions: sows them as 'intermediates'/'positions' (None as -1)
+    and returns x unchanged."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool, positions: jax.Array | None = None):
+        self.sow("intermediates", "positions", jnp.full(1, -1) if positions is None else positions)
+        return x
+
+
+def sown_positions(intermediates) -> dict[str, np.ndarray]:
+    """{module path: the positions it sowed} of an 'intermediates' tree."""
+    return {
+        jax.tree_util.keystr(path[:-2]): np.asarray(leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(intermediates)
+        if path[-2].key == "positions"
+    }
+
+
+def test_positions_reach_the_insertions_that_take_them_and_only_those():
+    """`positions` goes to the insertions whose __call__ declares it (the last sub-block's
+    included); others (`Zeroing`) are called as before; without positions nobody gets any."""
+    images = jax.random.uniform(jax.random.key(1), (3, 8, 8, 3))
+    positions = jnp.array([7, 3, 11])
+    takes = ("stem", "stage4.block1.last_subblock", "features")
+    insertions = {place: SowingPositions for place in takes} | {"stage2.block1": Zeroing}
+    model = ResNet(depth=10, num_classes=3, stem="small", width=2, insertions=insertions)
+    variables = _random_variables(model.clone(insertions={}), images.shape)
+    for given, expected in ((positions, np.array([7, 3, 11])), (None, np.array([-1]))):
+        _, sown = model.apply(
+            variables, images, train=False, positions=given, mutable=["intermediates"]
+        )
+        received = sown_positions(sown["intermediates"])
+        assert set(received) == {
+            "['insertion_stem']",
+            "['stage4_block1']['insertion_last_subblock']",
+            "['insertion_features']",
+        }
+        for place, value in received.items():
+            np.testing.assert_array_equal(value, expected, err_msg=place)
+
+
 def test_bad_place_names_and_fields_raise_value_errors():
     with pytest.raises(ValueError, match=r"unknown place names \['stage5'\].*'stage4.block2'"):
         ResNet(depth=18, num_classes=10, insertions={"stage5": Zeroing})

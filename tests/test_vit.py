@@ -17,9 +17,11 @@ from noise_research.inspect import block_apply
 from noise_research.models.vit import VIT_SIZES, EncoderBlock, ViT, vit_places
 from noise_research.registry import get_block
 from tests.test_resnet import (
+    SowingPositions,
     _abstract_init_with_output,
     _parameter_count,
     recording_scale_class,
+    sown_positions,
 )
 
 TINY = VIT_SIZES["tiny"]
@@ -226,6 +228,30 @@ def test_features_insertion_gets_the_normalised_class_token_and_feeds_the_classi
         intermediates["insertion_features"]["input"][0], final_tokens[:, 0]
     )
     np.testing.assert_allclose(logits, np.broadcast_to(params["classifier"]["bias"], (2, 3)))
+
+
+@pytest.mark.parametrize("insertion_tokens", ["patch", "all"])
+def test_positions_reach_the_insertions_that_take_them_and_only_those(insertion_tokens):
+    """As a ResNet's: `positions` goes to the insertions that declare it (`AddOffset` does not)."""
+    images = jax.random.uniform(jax.random.key(1), (3, 8, 8, 3))
+    positions = jnp.array([5, 0, 9])
+    insertions = {"embedding": SowingPositions, "block2": AddOffset, "features": SowingPositions}
+    model = ViT(
+        size="tiny",
+        num_classes=3,
+        patch_size=4,
+        insertions=insertions,
+        insertion_tokens=insertion_tokens,
+    )
+    variables = {"params": _random_params(model, images, train=False)}
+    for given, expected in ((positions, np.array([5, 0, 9])), (None, np.array([-1]))):
+        _, sown = model.apply(
+            variables, images, train=False, positions=given, mutable=["intermediates"]
+        )
+        received = sown_positions(sown["intermediates"])
+        assert set(received) == {"['insertion_embedding']", "['insertion_features']"}
+        for place, value in received.items():
+            np.testing.assert_array_equal(value, expected, err_msg=place)
 
 
 class DropFirstToken(nn.Module):

@@ -19,9 +19,16 @@ with `batch_norm_axis_name`, over that pmap axis too. The last BatchNorm of each
 has its scale initialised to zero (Goyal et al. 2017, "zero-γ"), so every block starts as the
 identity. Params are float32; `dtype` sets the compute dtype; logits are float32. Images are NHWC
 and are used as given: normalisation is the task's choice.
+
+Insertions are called as `module(x, train=train)`; given the rows' global positions
+(`ResNet(images, train, positions=...)`), a module whose `__call__` declares a `positions`
+parameter also receives `positions=` (`apply_insertion`): the positive-noise Gaussian and
+salt-and-pepper layers key their draws by it, so an example's noise does not depend on where its
+row sits on which device. `models.vit.ViT` calls its insertions the same way.
 """
 
 import functools
+import inspect
 from collections.abc import Callable, Mapping
 
 import chex
@@ -81,6 +88,25 @@ def _insertion_module_name(place: str) -> str:
     return "insertion_" + place.replace(".", "_")
 
 
+def takes_positions(module: nn.Module) -> bool:
+    """Whether `module`'s `__call__` declares a `positions` parameter."""
+    return "positions" in inspect.signature(type(module).__call__).parameters
+
+
+def apply_insertion(
+    module: nn.Module, x: jax.Array, train: bool, positions: jax.Array | None
+) -> jax.Array:
+    """`module(x, train=train)`, with `positions=positions` too when positions are given and the
+    module takes them (`takes_positions`); the calling convention of every insertion place of
+    `ResNet` and `models.vit.ViT`.
+
+    `positions`: (B,) int global positions of x's rows in the example stream, or None.
+    """
+    if positions is not None and takes_positions(module):
+        return module(x, train=train, positions=positions)
+    return module(x, train=train)
+
+
 def _batch_norm(
     train: bool,
     axis_name: str | None,
@@ -118,7 +144,8 @@ class ResidualBlock(nn.Module):
       bottleneck: bottleneck block if True, basic block otherwise.
       conv3x3, conv1x1: conv factories, called like
         `nn.Conv(features, kernel_size, strides=, padding=, use_bias=False, dtype=, name=)`.
-      last_subblock_insertion: module factory called before the last conv + BN, or None.
+      last_subblock_insertion: module factory called before the last conv + BN (by
+        `apply_insertion`), or None.
       batch_norm_axis_name: pmap axis over which BatchNorm averages its batch statistics.
       dtype: compute dtype (None: float32).
     """
@@ -133,8 +160,13 @@ class ResidualBlock(nn.Module):
     dtype: Dtype | None = None
 
     @nn.compact
-    def __call__(self, inputs: jax.Array, train: bool) -> jax.Array:
-        """Maps (B, H, W, C) to (B, H/strides, W/strides, features·expansion)."""
+    def __call__(
+        self, inputs: jax.Array, train: bool, positions: jax.Array | None = None
+    ) -> jax.Array:
+        """Maps (B, H, W, C) to (B, H/strides, W/strides, features·expansion).
+
+        `positions`: the rows' global positions, for the insertion (`apply_insertion`).
+        """
         chex.assert_rank(inputs, 4)
         norm = functools.partial(_batch_norm, train, self.batch_norm_axis_name, self.dtype)
 
@@ -164,9 +196,8 @@ class ResidualBlock(nn.Module):
             branch = conv(kernel_size, features, strides, f"conv{index}")(branch)
             branch = nn.relu(norm(f"bn{index}")(branch))
         if self.last_subblock_insertion is not None:
-            branch = self.last_subblock_insertion(name="insertion_last_subblock")(
-                branch, train=train
-            )
+            insertion = self.last_subblock_insertion(name="insertion_last_subblock")
+            branch = apply_insertion(insertion, branch, train, positions)
         last_index = len(leading_convs) + 1
         branch = conv(*last_conv, f"conv{last_index}")(branch)
         branch = norm(f"bn{last_index}", zero_init_scale=True)(branch)
@@ -183,7 +214,8 @@ class ResNet(nn.Module):
 
     See the module docstring for the layout. `insertions` maps places of `resnet_places(depth)`
     to module factories; each is built at its place (named "insertion_<place with _>") and called
-    as `module(x, train=train)`, returning the features that go on.
+    as `module(x, train=train)` (plus `positions=` where it takes them: `apply_insertion`),
+    returning the features that go on.
 
     Attributes:
       depth: 18 or 34 (basic blocks), 50 or 101 (bottlenecks).
@@ -224,19 +256,26 @@ class ResNet(nn.Module):
             )
         super().__post_init__()
 
-    def _insert(self, place: str, features: jax.Array, train: bool) -> jax.Array:
+    def _insert(
+        self, place: str, features: jax.Array, train: bool, positions: jax.Array | None
+    ) -> jax.Array:
         """Applies the insertion at `place`, if any (call inside `__call__`)."""
         factory = self.insertions.get(place)
         if factory is None:
             return features
-        return factory(name=_insertion_module_name(place))(features, train=train)
+        module = factory(name=_insertion_module_name(place))
+        return apply_insertion(module, features, train, positions)
 
     @nn.compact
-    def __call__(self, images: jax.Array, train: bool) -> jax.Array:
+    def __call__(
+        self, images: jax.Array, train: bool, positions: jax.Array | None = None
+    ) -> jax.Array:
         """Maps (B, H, W, C) images to (B, num_classes) float32 logits.
 
         `train`: BatchNorm uses (and updates, in the mutable "batch_stats" collection) the batch
         statistics if True, the running averages if False; insertions receive it too.
+        `positions`: (B,) int global positions of the images in the example stream, passed to
+        the insertions that take them (`apply_insertion`); None: not passed.
         """
         chex.assert_rank(images, 4)
         stem_kernel_size = 7 if self.stem == "imagenet" else 3
@@ -254,12 +293,12 @@ class ResNet(nn.Module):
         features = nn.relu(features)
         if self.stem == "imagenet":
             features = nn.max_pool(features, (3, 3), strides=(2, 2), padding=_same_padding(3))
-        features = self._insert("stem", features, train)
+        features = self._insert("stem", features, train, positions)
 
         for stage, num_blocks in enumerate(STAGE_SIZES[self.depth], start=1):
             for block in range(1, num_blocks + 1):
                 place = f"stage{stage}.block{block}"
-                features = self._insert(place, features, train)
+                features = self._insert(place, features, train, positions)
                 features = ResidualBlock(
                     features=self.width * 2 ** (stage - 1),
                     strides=2 if stage > 1 and block == 1 else 1,
@@ -270,11 +309,11 @@ class ResNet(nn.Module):
                     batch_norm_axis_name=self.batch_norm_axis_name,
                     dtype=self.dtype,
                     name=f"stage{stage}_block{block}",
-                )(features, train)
-            features = self._insert(f"stage{stage}", features, train)
+                )(features, train, positions)
+            features = self._insert(f"stage{stage}", features, train, positions)
 
         features = jnp.mean(features, axis=(1, 2))
-        features = self._insert("features", features, train)
+        features = self._insert("features", features, train, positions)
         logits = nn.Dense(
             self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="classifier"
         )(features)

@@ -3,8 +3,9 @@
 The positive-noise paper (positive-noise.md) injects its noise into ViT-Ti/S/B/L as well as into
 ResNets (DESIGN.md, "Positive noise"). `ViT` is built in the style of `models.resnet.ResNet`:
 `insertions` puts a module at any place of `vit_places(depth)` ("embedding", "block{k}" = the
-input of block k, "features"), each called as `module(x, train=train)` exactly like a ResNet's,
-so a layer written for one works in the other.
+input of block k, "features"), each called as `module(x, train=train)` exactly like a ResNet's
+(`models.resnet.apply_insertion`: with `ViT(images, train, positions=...)`, a module that takes
+`positions` receives them too), so a layer written for one works in the other.
 
 Layout (the paper's, as timm's `vit_*_patch16_224`): patch embedding (a conv with kernel = stride
 = `patch_size`, no padding) → a learned class token prepended → learned position embeddings added
@@ -37,6 +38,7 @@ import jax.numpy as jnp
 from flax.core import FrozenDict
 from flax.typing import Dtype
 
+from noise_research.models.resnet import apply_insertion
 from noise_research.registry import register_block
 
 ModuleDef = Callable[..., nn.Module]
@@ -163,12 +165,13 @@ class ViT(nn.Module):
 
     See the module docstring for the layout. `insertions` maps places of
     `vit_places(VIT_SIZES[size].depth)` to module factories; each is built at its place (named
-    "insertion_<place>") and called as `module(x, train=train)`, returning the features that go
-    on. At "embedding" and "block{k}", x is (B, N, D) patch tokens with
-    `insertion_tokens="patch"` (the class token is passed around the module and put back in
-    front; the module must keep the shape) or (B, 1 + N, D) with "all"; at "features", x is the
-    (B, D) class token. Every block reads its tokens through a LayerNorm, so an insertion that
-    shifts a token by the same amount in all D channels changes nothing downstream.
+    "insertion_<place>") and called as `module(x, train=train)` (plus `positions=` where it takes
+    them: `models.resnet.apply_insertion`), returning the features that go on. At "embedding" and
+    "block{k}", x is (B, N, D) patch tokens with `insertion_tokens="patch"` (the class token is
+    passed around the module and put back in front; the module must keep the shape) or
+    (B, 1 + N, D) with "all"; at "features", x is the (B, D) class token. Every block reads its
+    tokens through a LayerNorm, so an insertion that shifts a token by the same amount in all D
+    channels changes nothing downstream.
 
     Attributes:
       size: a key of `VIT_SIZES`: "Ti", "S", "B", "L" or "tiny".
@@ -215,7 +218,9 @@ class ViT(nn.Module):
         self.insertions = FrozenDict(self.insertions)
         super().__post_init__()
 
-    def _insert(self, place: str, features: jax.Array, train: bool) -> jax.Array:
+    def _insert(
+        self, place: str, features: jax.Array, train: bool, positions: jax.Array | None
+    ) -> jax.Array:
         """Applies the insertion at `place`, if any, to the tokens `insertion_tokens` names (all
         of `features` at "features"). Call inside `__call__`."""
         factory = self.insertions.get(place)
@@ -223,9 +228,9 @@ class ViT(nn.Module):
             return features
         module = factory(name=_insertion_module_name(place))
         if place == "features" or self.insertion_tokens == "all":
-            return module(features, train=train)
+            return apply_insertion(module, features, train, positions)
         class_token, patch_tokens = features[:, :1], features[:, 1:]
-        inserted = module(patch_tokens, train=train)
+        inserted = apply_insertion(module, patch_tokens, train, positions)
         if inserted.shape != patch_tokens.shape:
             raise ValueError(
                 f"the insertion at {place!r} mapped patch tokens {patch_tokens.shape} to "
@@ -234,11 +239,14 @@ class ViT(nn.Module):
         return jnp.concatenate([class_token, inserted], axis=1)
 
     @nn.compact
-    def __call__(self, images: jax.Array, train: bool) -> jax.Array:
+    def __call__(
+        self, images: jax.Array, train: bool, positions: jax.Array | None = None
+    ) -> jax.Array:
         """Maps (B, H, W, C) images to (B, num_classes) float32 logits.
 
         `train`: dropout is active if True (with a rate above 0 it then needs the 'dropout'
-        rng); insertions receive it too.
+        rng); insertions receive it too. `positions`: (B,) int global positions of the images
+        in the example stream, passed to the insertions that take them; None: not passed.
         """
         chex.assert_rank(images, 4)
         batch, height, width, _ = images.shape
@@ -268,10 +276,10 @@ class ViT(nn.Module):
         )
         tokens = tokens + position_embedding.astype(tokens.dtype)
         tokens = nn.Dropout(self.dropout_rate, deterministic=not train)(tokens)
-        tokens = self._insert("embedding", tokens, train)
+        tokens = self._insert("embedding", tokens, train, positions)
 
         for block in range(1, size.depth + 1):
-            tokens = self._insert(f"block{block}", tokens, train)
+            tokens = self._insert(f"block{block}", tokens, train, positions)
             tokens = EncoderBlock(
                 num_heads=size.num_heads,
                 mlp_dim=size.mlp_dim,
@@ -284,7 +292,7 @@ class ViT(nn.Module):
         tokens = nn.LayerNorm(
             epsilon=LAYER_NORM_EPSILON, dtype=self.dtype, param_dtype=jnp.float32, name="norm"
         )(tokens)
-        features = self._insert("features", tokens[:, 0], train)
+        features = self._insert("features", tokens[:, 0], train, positions)
         logits = nn.Dense(
             self.num_classes,
             dtype=self.dtype,
