@@ -54,6 +54,18 @@ class PairVariables:
     discriminator_stats: PyTree
 
 
+def _init_networks(pair: Any, key: jax.Array, image_shape: tuple[int, ...]) -> tuple[Any, Any]:
+    """Both networks' variables (``pair.generator`` and its single-device discriminator) from
+    one key, initialised on a single zero latent and a single zero image."""
+    generator_key, discriminator_key = jax.random.split(key)
+    z = jnp.zeros((1, pair.latent_dim))
+    generator = pair.generator.init({"params": generator_key}, z, inject=False)
+    discriminator = pair._discriminator(SINGLE_DEVICE).init(
+        {"params": discriminator_key}, jnp.zeros((1, *image_shape))
+    )
+    return generator, discriminator
+
+
 @dataclasses.dataclass(frozen=True)
 class DCGANPair:
     """`DCGANGenerator` and `DCGANDiscriminator` (BatchNorm in both, over the global batch)."""
@@ -77,12 +89,7 @@ class DCGANPair:
         return self.generator.noise_shapes(batch)
 
     def init(self, key: jax.Array, image_shape: tuple[int, ...]) -> PairVariables:
-        generator_key, discriminator_key = jax.random.split(key)
-        z = jnp.zeros((1, self.latent_dim))
-        generator = self.generator.init({"params": generator_key}, z, inject=False)
-        discriminator = self._discriminator(SINGLE_DEVICE).init(
-            {"params": discriminator_key}, jnp.zeros((1, *image_shape))
-        )
+        generator, discriminator = _init_networks(self, key, image_shape)
         return PairVariables(
             generator["params"],
             generator["batch_stats"],
@@ -151,12 +158,7 @@ class StyleGAN2Pair:
         return self.generator.noise_shapes(batch)
 
     def init(self, key: jax.Array, image_shape: tuple[int, ...]) -> PairVariables:
-        generator_key, discriminator_key = jax.random.split(key)
-        z = jnp.zeros((1, self.latent_dim))
-        generator = self.generator.init({"params": generator_key}, z, inject=False)
-        discriminator = self._discriminator(SINGLE_DEVICE).init(
-            {"params": discriminator_key}, jnp.zeros((1, *image_shape))
-        )
+        generator, discriminator = _init_networks(self, key, image_shape)
         stats = {
             "w_avg": jnp.zeros((self.generator.w_dim,), jnp.float32),
             "path_length_mean": jnp.zeros((), jnp.float32),
