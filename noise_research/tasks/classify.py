@@ -1,4 +1,5 @@
-"""Image classification with feature quantization (the feature-quantization paper, section 3).
+"""Image classification with feature quantization (the feature-quantization paper, section 3) and
+with positive-noise injection (the positive-noise paper, section 4).
 
 A ResNet whose convolutions can quantize their inputs (``model.quantizer.kind``): plain, SF
 (scalable floor, eq. 3), POW (learnable signed power, eq. 5), HPOW (hyper-network exponents,
@@ -18,6 +19,18 @@ run's checkpoint (``finetune.init_workdir``), train only the classifier (``finet
 'classifier'``; the backbone and its BatchNorm statistics stay frozen) with the loss
 ``CE(f(I)) + λ·KL(p(y|I) ‖ p(y|I + ε))``, ε ~ N(0, σ²) per pixel on the [0, 1] image, σ = 0.04 and
 λ = 0.01 (``stability.noise_std``, ``stability.weight``; weight 0 turns the term off).
+
+Positive noise (``model.noise``, :class:`NoiseConfig`): ``model.architecture`` is 'resnet' (the
+above) or 'vit' (`models.vit.ViT`, ``model.vit_size`` / ``patch_size`` / ``insertion_tokens``;
+no quantizers), and either receives one positive-noise layer ('gaussian', 'linear', 'optimal_q',
+'salt_pepper') at ``model.noise.place``, by default the authors' place before the last block
+(:func:`default_noise_place`). Steps pass the model the rows' global positions (the Gaussian and
+salt-and-pepper draws are keyed by them) and their `ParallelContext` (the linear-transform roll
+and the optimal-Q sum run over the global batch under jit and pmap). With ``at_eval`` the noise
+acts at evaluation too; then the batch-mixing kinds must not see padding rows, so an evaluation
+whose last batch would be padded is refused (:meth:`ClassifyTask._check_no_padding_is_mixed`).
+:meth:`ClassifyTask.predict_fn` gives the leakage audit its predictors (noise / batch-statistics
+BatchNorm on or off). The configs are in ``configs/positive_noise/``.
 """
 
 from __future__ import annotations
@@ -25,8 +38,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
@@ -34,12 +48,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax.core import FrozenDict
 
 from noise_research import config_schema as cs
 from noise_research.data.base import BatchSource
 from noise_research.data.classification import unit_rgb
 from noise_research.data.distortions import gradient_saliency, save_distortion_gallery
 from noise_research.layers.noise_maps import per_example
+from noise_research.layers.positive_noise import (
+    LatentGaussianNoise,
+    LinearTransformNoise,
+    SaltPepperNoise,
+)
 from noise_research.layers.quantization import (
     GROUPED_QUANTIZATIONS,
     QUANTIZATIONS,
@@ -55,11 +75,12 @@ from noise_research.metrics.robustness import (
     table2_row,
     write_robustness_report,
 )
-from noise_research.models.resnet import ResNet
+from noise_research.models.resnet import STAGE_SIZES, ResNet, resnet_places
+from noise_research.models.vit import INSERTION_TOKENS, VIT_SIZES, ViT, vit_places
 from noise_research.tasks.base import Task
 from noise_research.train.loop import WEIGHT_KEY, LoopConfig, restore_state
 from noise_research.train.optim import OptimizerConfig, make_optimizer
-from noise_research.train.parallel import ParallelContext, cross_replica_sum
+from noise_research.train.parallel import SINGLE_DEVICE, ParallelContext, cross_replica_sum
 from noise_research.train.rng import step_rngs
 from noise_research.train.state import TrainState, apply_mean_gradients, init_train_state
 from noise_research.viz import save_image_grid
@@ -73,6 +94,7 @@ QUANTIZER_KINDS = (*QUANTIZATIONS, "dorefa")
 QUANTIZER_PLACES = ("all", "3x3")
 QUANTIZER_COMPUTE_DTYPES = ("float32", "model")
 DEPTHS = (10, 18, 34, 50, 101)
+ARCHITECTURES = ("resnet", "vit")
 STEMS = ("imagenet", "small")
 DTYPES = ("float32", "bfloat16")
 MODES = ("train", "robustness")
@@ -133,7 +155,15 @@ class QuantizerConfig:
     """
 
     kind: str = cs.setting(
-        "none", cs.one_of(*QUANTIZER_KINDS), "none | sf | pow | hpow | sf_pow | dorefa"
+        "none",
+        cs.Rule(
+            lambda v, c: (
+                v in QUANTIZER_KINDS and (v == "none" or c.get("model.architecture") == "resnet")
+            ),
+            "one of " + ", ".join(map(repr, QUANTIZER_KINDS)) + ", and 'none' with "
+            "model.architecture = 'vit' (the quantizers replace a ResNet's stage convs)",
+        ),
+        "none | sf | pow | hpow | sf_pow | dorefa (ResNet only)",
     )
     where: str = cs.setting(
         "all",
@@ -174,10 +204,138 @@ class QuantizerConfig:
     )
 
 
+NOISE_LAYERS: dict[str, Callable[[float | None], Callable[..., nn.Module]]] = {
+    "gaussian": lambda strength: functools.partial(LatentGaussianNoise, sigma=strength),
+    "linear": lambda strength: functools.partial(LinearTransformNoise, alpha=strength, q="shift"),
+    "optimal_q": lambda strength: functools.partial(LinearTransformNoise, q="optimal"),
+    "salt_pepper": lambda strength: functools.partial(SaltPepperNoise, alpha=strength),
+}
+"""``model.noise.kind`` → (strength → the positive-noise layer's factory, without the switches)."""
+NOISE_KINDS = ("none", *NOISE_LAYERS)
+BATCH_MIXING_NOISE_KINDS = ("linear", "optimal_q")
+"""The kinds whose output row depends on the other rows of the batch (X + QX)."""
+RANDOM_NOISE_KINDS = ("gaussian", "salt_pepper")
+"""The kinds that draw from the 'noise' rng stream, per row from (key, the row's position)."""
+PAPER_NOISE_STRENGTHS = {"gaussian": 1.0, "linear": 0.4, "salt_pepper": 0.1}
+"""``model.noise.strength = None`` means these: σ = 1 ("standard normal", Tables 1–2), α = 0.4
+(the authors' code, DESIGN.md "Positive noise"); the paper gives no salt-and-pepper α, 0.1 is
+ours."""
+
+
+def model_places(architecture: str, depth: int, vit_size: str) -> list[str]:
+    """The insertion places of the configured model: `resnet_places(depth)` or `vit_places`."""
+    if architecture == "vit":
+        return vit_places(VIT_SIZES[vit_size].depth)
+    return resnet_places(depth)
+
+
+def default_noise_place(architecture: str, depth: int, vit_size: str) -> str:
+    """The authors' place, before the last block (``model.noise.place = 'default'``).
+
+    ResNet: ``'stage4.block{n}'``, the input of stage 4's last block (n its blocks: 2 for
+    ResNet-18, 3 for ResNet-50): the paper injects "at the last micro sublayer of the last macro
+    layer", a micro sublayer being a residual block (section 4: ResNet-18 has 2 per stage), and
+    DESIGN.md reads the authors' code as "before the last sub-block of ResNet stage 4". (The place
+    ``'stage4.block{n}.last_subblock'`` is inside that block's residual branch, before its last
+    conv; it is a place to choose, not the default.) ViT: ``'block{depth}'``, the input of the
+    last encoder block.
+    """
+    if architecture == "vit":
+        return f"block{VIT_SIZES[vit_size].depth}"
+    return f"stage4.block{STAGE_SIZES[depth][-1]}"
+
+
+def _configured_places(context: cs.Context) -> list[str]:
+    """`model_places` of the config under validation; [] where its model keys are invalid (their
+    own rules name them)."""
+    try:
+        return model_places(
+            context.get("model.architecture"),
+            context.get("model.depth"),
+            context.get("model.vit_size"),
+        )
+    except (KeyError, TypeError, ValueError):
+        return []
+
+
+def _valid_noise_strength(value: Any, context: cs.Context) -> bool:
+    kind = context.get("model.noise.kind")
+    if value is None or kind in ("none", "optimal_q"):
+        return value is None or cs.number().check(value, context)
+    if not cs.number(minimum=0.0).check(value, context) or not math.isfinite(value):
+        return False
+    return {"linear": value <= 1.0, "salt_pepper": value < 1.0}.get(kind, True)
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseConfig:
+    """The ``model.noise`` section: positive-noise injection at one place of the model
+    (positive-noise paper, sections 3–4; `noise_research.layers.positive_noise`).
+
+    The layer acts in training steps and, with ``at_eval``, in evaluation too (the authors' way;
+    then a 'linear' / 'optimal_q' prediction depends on the other rows of its batch). The
+    Gaussian and salt-and-pepper draws come from the step's 'noise' key folded with each row's
+    global position (``batch['position']``), so an example gets the same noise on any device
+    layout; evaluation draws from a key of its own ('eval' kind of the step's key). The batch
+    mixing ('linear', 'optimal_q') is over the **global** batch under jit and pmap alike, or
+    over each device's rows with ``per_device``. With ``finetune.trainable = 'classifier'`` the
+    backbone runs in evaluation mode, so the noise then acts only with ``at_eval``.
+    Quantizers and noise combine freely (a quantizer replaces convs, the noise is an insertion).
+    """
+
+    kind: str = cs.setting(
+        "none", cs.one_of(*NOISE_KINDS), "none | gaussian | linear | optimal_q | salt_pepper"
+    )
+    strength: float | None = cs.setting(
+        None,
+        cs.Rule(
+            _valid_noise_strength,
+            "None (the paper's: σ = 1 for 'gaussian', α = 0.4 for 'linear', α = 0.1 (ours) for "
+            "'salt_pepper'), or σ >= 0 for 'gaussian', α in [0, 1] for 'linear', α in [0, 1) for "
+            "'salt_pepper' (any number for 'none' and 'optimal_q', which ignore it)",
+        ),
+        "σ of 'gaussian', α of 'linear' (eq. 17) and 'salt_pepper' (eq. 18); None: the paper's",
+        placeholder=float,
+    )
+    place: str = cs.setting(
+        "default",
+        cs.Rule(
+            lambda v, c: v == "default" or v in _configured_places(c),
+            lambda c: "'default' or one of the model's places: " + ", ".join(_configured_places(c)),
+        ),
+        "'default' (the authors', before the last block: ResNet 'stage4.block{n}', ViT "
+        "'block{depth}') or a place of resnet_places(model.depth) / vit_places(its depth)",
+    )
+    at_eval: bool = cs.setting(
+        False,
+        cs.boolean(),
+        "also inject at evaluation (the authors do); False: training only",
+        resumable=True,  # evaluation only: the training run is the same
+    )
+    per_device: bool = cs.setting(
+        False,
+        cs.Rule(
+            lambda v, c: (
+                isinstance(v, bool)
+                and (not v or c.get("model.noise.kind") in BATCH_MIXING_NOISE_KINDS)
+            ),
+            "False, or True with model.noise.kind 'linear' or 'optimal_q'",
+        ),
+        "'linear' / 'optimal_q' mix each device's rows only (depends on the device count)",
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class ClassifyModel:
-    """The ``model`` section: a ResNet whose convolutions may quantize their inputs."""
+    """The ``model`` section: a ResNet whose convolutions may quantize their inputs, or a ViT;
+    either may receive positive noise at one place."""
 
+    architecture: str = cs.setting(
+        "resnet",
+        cs.one_of(*ARCHITECTURES),
+        "'resnet' (depth, stem, width, quantizer) or 'vit' (vit_size, patch_size, "
+        "insertion_tokens)",
+    )
     depth: int = cs.setting(50, cs.one_of(*DEPTHS), "ResNet depth")
     stem: str = cs.setting(
         "imagenet", cs.one_of(*STEMS), "'imagenet' (7×7/2 + max-pool) or 'small' (3×3/1)"
@@ -185,7 +343,30 @@ class ClassifyModel:
     width: int = cs.setting(64, cs.integer(minimum=1), "channels of the first stage")
     num_classes: int = cs.setting(1000, cs.integer(minimum=2), "classes (checked on the data)")
     dtype: str = cs.setting("float32", cs.one_of(*DTYPES), "compute dtype (params stay float32)")
+    vit_size: str = cs.setting(
+        "B",
+        cs.one_of(*VIT_SIZES),
+        "ViT size: 'Ti', 'S', 'B', 'L', or 'tiny' (width 64, 4 blocks: for a CPU)",
+    )
+    patch_size: int = cs.setting(
+        16,
+        cs.Rule(
+            lambda v, c: (
+                cs.integer(minimum=1).check(v, c)
+                and (c.get("model.architecture") != "vit" or c.get("data.image_size") % v == 0)
+            ),
+            "an integer >= 1 that, with model.architecture = 'vit', divides data.image_size",
+        ),
+        "ViT patch side",
+    )
+    insertion_tokens: str = cs.setting(
+        "patch",
+        cs.one_of(*INSERTION_TOKENS),
+        "ViT: what the noise before a block sees: the patch tokens ('patch'; the class token "
+        "passes unchanged) or 'all'",
+    )
     quantizer: QuantizerConfig = cs.subsection(QuantizerConfig, "what each conv does to its input")
+    noise: NoiseConfig = cs.subsection(NoiseConfig, "positive noise at one place of the model")
 
 
 ALPHA_L1 = 1e-5
@@ -302,6 +483,72 @@ def variant_from_arg(arg: str | None) -> str:
     return arg
 
 
+VIT_ARG_PREFIX = "vit_"
+NOISE_ARGS = (*NOISE_KINDS, *(VIT_ARG_PREFIX + kind for kind in NOISE_KINDS))
+"""The arguments of the ``configs/positive_noise/`` files: a noise kind for the ResNet, or
+``vit_`` + a noise kind for the ViT (``:linear``, ``:vit_linear``)."""
+
+
+def noise_variant_from_arg(arg: str | None) -> tuple[str, str]:
+    """``(architecture, noise kind)`` of a positive-noise config argument (:data:`NOISE_ARGS`):
+    ``'linear'`` → ('resnet', 'linear'), ``'vit_linear'`` → ('vit', 'linear'); empty is 'none'."""
+    arg = arg or "none"
+    if arg not in NOISE_ARGS:
+        raise ValueError(f"config argument {arg!r} is unknown; allowed: {', '.join(NOISE_ARGS)}")
+    if arg.startswith(VIT_ARG_PREFIX):
+        return "vit", arg.removeprefix(VIT_ARG_PREFIX)
+    return "resnet", arg
+
+
+def positive_noise_experiment_config(
+    arg: str | None, *, resnet: Mapping[str, Any], vit: Mapping[str, Any], **common: Any
+) -> Any:
+    """The config of a ``configs/positive_noise/`` file for its argument (:data:`NOISE_ARGS`):
+    `experiment_config` with ``common`` keys and those of the chosen architecture (``resnet`` or
+    ``vit``: run length, learning rate, warm-up), no quantizer, the argument's noise kind."""
+    architecture, noise = noise_variant_from_arg(arg)
+    chosen = {**common, **(vit if architecture == "vit" else resnet)}
+    return experiment_config(
+        variant="none",
+        stability_steps=chosen["num_steps"],  # unused: no stability variant here
+        architecture=architecture,
+        noise=noise,
+        **chosen,
+    )
+
+
+def positive_noise_sweep_grids(depth: int, vit_size: str) -> dict[str, list[str]]:
+    """The named sweep grids of the paper's Figure 2 ablations (``launch/sweep.py --grids-from
+    NAME``, ``--grid`` specs each) for a config of ResNet-``depth`` / ViT-``vit_size``:
+
+    * ``strength``: α (σ) over 0.1…0.5, Figure 2 (a), (c) with ``:linear`` / ``:vit_linear``
+      (eq. 14's ``[I+Q]_ii ≥ [I+Q]_ij`` holds up to 0.5; I + Q is singular at 0.5 for even k);
+    * ``type_strength``: noise type × strength, Gaussian / linear / salt-and-pepper × 0.1…0.4;
+    * ``layer``: the injected layer, Figure 2 (b): before the last block of each ResNet stage;
+    * ``vit_layer``: Figure 2 (d): before blocks 6, 8, 10, 12 of a 12-block ViT (every block of
+      a shallower one), with ``:vit_linear``;
+    * ``at_eval``: the noise at training only or at evaluation too (the authors').
+    """
+    vit_depth = VIT_SIZES[vit_size].depth
+    vit_blocks = range(6, 13, 2) if vit_depth == 12 else range(1, vit_depth + 1)
+    return {
+        "strength": ["model.noise.strength=0.1,0.2,0.3,0.4,0.5"],
+        "type_strength": [
+            "model.noise.kind=gaussian,linear,salt_pepper",
+            "model.noise.strength=0.1,0.2,0.3,0.4",
+        ],
+        "layer": [
+            "model.noise.place="
+            + ",".join(
+                f"stage{stage}.block{blocks}"
+                for stage, blocks in enumerate(STAGE_SIZES[depth], start=1)
+            )
+        ],
+        "vit_layer": ["model.noise.place=" + ",".join(f"block{k}" for k in vit_blocks)],
+        "at_eval": ["model.noise.at_eval=False,True"],
+    }
+
+
 def experiment_config(
     *,
     dataset: str,
@@ -314,9 +561,14 @@ def experiment_config(
     stability_steps: int,
     learning_rate: float = 0.1,
     warmup_steps: int = 500,
+    architecture: str = "resnet",
+    vit_size: str = "B",
+    patch_size: int = 16,
+    noise: str = "none",
 ) -> Any:
     """A classification experiment's ``ml_collections`` config; the files in
-    ``configs/classify/`` pick the data set, the ResNet and the run length and adjust the rest.
+    ``configs/classify/`` and ``configs/positive_noise/`` pick the data set, the model and the
+    run length and adjust the rest.
 
     No public code exists for the paper: the defaults here are ours. SGD with Nesterov momentum
     0.9, lr 0.1 at batch 256 (scale it with the batch), linear warm-up and cosine decay, weight
@@ -329,12 +581,17 @@ def experiment_config(
     ``--config.finetune.init_workdir=RUN``) for ``stability_steps`` steps with the KL term
     between clean and noised images (λ = 0.01, σ = 0.04 as in Zheng et al. 2016), at a tenth of
     the learning rate and without warm-up.
+
+    ``architecture='vit'`` builds ViT-``vit_size`` with ``patch_size`` patches (``depth`` and
+    ``stem`` then only fill their unused keys) and trains it with AdamW at ``learning_rate``,
+    weight decay 0.05 on the kernels (DeiT's). ``noise`` is a ``model.noise.kind``, at the
+    paper's strength (:data:`PAPER_NOISE_STRENGTHS`), its default place, training only.
     """
     stability = variant == "stability"
     optimizer = OptimizerConfig(
-        name="sgd",
+        name="adamw" if architecture == "vit" else "sgd",
         learning_rate=learning_rate / 10 if stability else learning_rate,
-        weight_decay=1e-4,
+        weight_decay=0.05 if architecture == "vit" else 1e-4,
         schedule="cosine",
         warmup_steps=0 if stability else warmup_steps,
     )
@@ -342,12 +599,16 @@ def experiment_config(
         "train": LoopConfig(num_steps=stability_steps if stability else num_steps),
         "data": ClassifyData(name=dataset, image_size=image_size),
         "model": ClassifyModel(
+            architecture=architecture,
             depth=depth,
             stem=stem,
             num_classes=num_classes,
+            vit_size=vit_size,
+            patch_size=patch_size,
             quantizer=QuantizerConfig(
                 kind="none" if stability else variant, where="3x3" if depth >= 50 else "all"
             ),
+            noise=NoiseConfig(kind=noise, strength=PAPER_NOISE_STRENGTHS.get(noise)),
         ),
         "loss": ClassifyLoss(),
         "optimizer": optimizer,
@@ -361,6 +622,60 @@ def experiment_config(
 def build(config: Mapping[str, Any]) -> ClassifyTask:
     """The task for a validated config (a plain nested dict)."""
     return ClassifyTask(config)
+
+
+def noise_insertions(
+    model: ClassifyModel, parallel: ParallelContext, at_eval: bool
+) -> dict[str, Callable[..., nn.Module]]:
+    """``{place: factory}`` of the ``model.noise`` layer (empty for 'none'): acting at evaluation
+    iff ``at_eval``, its batch mixing and default positions under ``parallel``."""
+    noise = model.noise
+    if noise.kind == "none":
+        return {}
+    strength = PAPER_NOISE_STRENGTHS.get(noise.kind) if noise.strength is None else noise.strength
+    factory = functools.partial(
+        NOISE_LAYERS[noise.kind](strength), at_eval=at_eval, parallel=parallel
+    )
+    if noise.kind in BATCH_MIXING_NOISE_KINDS:
+        factory = functools.partial(factory, per_device=noise.per_device)
+    place = noise.place
+    if place == "default":
+        place = default_noise_place(model.architecture, model.depth, model.vit_size)
+    return {place: factory}
+
+
+def build_model(
+    model: ClassifyModel,
+    parallel: ParallelContext = SINGLE_DEVICE,
+    *,
+    noise_at_eval: bool | None = None,
+) -> ResNet | ViT:
+    """The configured classifier for a step under ``parallel`` (BatchNorm's cross-device axis,
+    the noise's batch mixing), its noise acting at evaluation iff ``noise_at_eval`` (None:
+    ``model.noise.at_eval``). Called as ``model(images, train, positions=...)``."""
+    at_eval = model.noise.at_eval if noise_at_eval is None else noise_at_eval
+    insertions = FrozenDict(noise_insertions(model, parallel, at_eval))
+    if model.architecture == "vit":
+        return ViT(
+            size=model.vit_size,
+            num_classes=model.num_classes,
+            patch_size=model.patch_size,
+            insertions=insertions,
+            insertion_tokens=model.insertion_tokens,
+            dtype=jnp.dtype(model.dtype),
+        )
+    conv = quantizing_conv(model.quantizer)
+    return ResNet(
+        depth=model.depth,
+        num_classes=model.num_classes,
+        stem=model.stem,
+        width=model.width,
+        conv3x3=conv,
+        conv1x1=conv if quantizes_1x1_convs(model.quantizer) else nn.Conv,
+        batch_norm_axis_name=parallel.axis_name,
+        dtype=jnp.dtype(model.dtype),
+        insertions=insertions,
+    )
 
 
 def quantizing_conv(quantizer: QuantizerConfig) -> type[nn.Module] | functools.partial:
@@ -409,17 +724,8 @@ class ClassifyTask(Task):
         self.finetune = cs.read_section(FinetuneConfig, config["finetune"])
         self.stability = cs.read_section(StabilityConfig, config["stability"])
         self.robustness = cs.read_section(RobustnessConfig, config["robustness"])
-        model = self.model_config
-        conv = quantizing_conv(model.quantizer)
-        self.model = ResNet(
-            depth=model.depth,
-            num_classes=model.num_classes,
-            stem=model.stem,
-            width=model.width,
-            conv3x3=conv,
-            conv1x1=conv if quantizes_1x1_convs(model.quantizer) else nn.Conv,
-            dtype=jnp.dtype(model.dtype),
-        )
+        self.noise = self.model_config.noise
+        self.model = build_model(self.model_config)  # single device, the configured evaluation
         num_steps = cs.read_section(LoopConfig, config["train"]).num_steps
         self.tx = make_optimizer(cs.read_section(OptimizerConfig, config["optimizer"]), num_steps)
         if self.finetune.trainable == "classifier":
@@ -477,6 +783,28 @@ class ClassifyTask(Task):
                 f"or at most {source.num_batches}, the eval split's batches of "
                 f"{self.data.eval_batch_size}"
             )
+        if not source.train:
+            self._check_no_padding_is_mixed(source.num_examples, source.num_batches)
+
+    def _check_no_padding_is_mixed(self, num_examples: int, num_batches: int) -> None:
+        """The padding rule: an evaluation that mixes the rows of a batch ('linear' / 'optimal_q'
+        noise with ``at_eval``) must see no padding rows, which would leak into the real rows.
+
+        The eval walk pads its last batch when the batch does not divide the split; that batch is
+        refused (a one-line error) unless ``data.num_eval_batches`` stops before it."""
+        noise = self.noise
+        if not (noise.at_eval and noise.kind in BATCH_MIXING_NOISE_KINDS):
+            return
+        batch_size = self.data.eval_batch_size
+        evaluated = (self.data.num_eval_batches or num_batches) * batch_size
+        if evaluated > num_examples:
+            raise cs.ConfigError(
+                f"config.data.eval_batch_size = {batch_size!r}: not allowed; with "
+                f"model.noise.kind = {noise.kind!r} and model.noise.at_eval = True an evaluation "
+                "batch mixes its rows, so it must hold no padding rows: it must divide the eval "
+                f"split's {num_examples} examples, or data.num_eval_batches must be at most "
+                f"{num_examples // batch_size} (full batches only)"
+            )
 
     def train_source(self, process_index: int, process_count: int) -> BatchSource:
         return self._source(True, process_index, process_count)
@@ -513,7 +841,7 @@ class ClassifyTask(Task):
     def train_step(
         self, state: TrainState, batch: Mapping[str, jax.Array], parallel: ParallelContext
     ) -> tuple[TrainState, dict[str, jax.Array]]:
-        model = self.model.clone(batch_norm_axis_name=parallel.axis_name)
+        model = build_model(self.model_config, parallel)
         stability = self.stability
         rngs = step_rngs(state.rng, state.step, ("noise", "stability_noise"))
         stability_noise_key = rngs.pop("stability_noise")
@@ -531,6 +859,7 @@ class ClassifyTask(Task):
                 {"params": params, **state.model_state},
                 self._normalise(images),
                 train=backbone_trains,
+                positions=batch["position"],
                 rngs=rngs,
                 mutable=["batch_stats", "penalties"] if backbone_trains else ["penalties"],
             )
@@ -560,24 +889,95 @@ class ClassifyTask(Task):
                 step_metrics["stability_kl"] = divergence
                 loss = loss + stability.weight * divergence
             step_metrics["loss"] = loss
-            batch_stats = updates.get("batch_stats", state.model_state.get("batch_stats"))
-            return loss, (batch_stats, step_metrics)
+            # A ViT has no BatchNorm: its model state stays as it is.
+            new_state = {k: v for k, v in updates.items() if k in state.model_state}
+            return loss, (new_state, step_metrics)
 
-        grads, (batch_stats, step_metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
-        model_state = {**state.model_state, "batch_stats": batch_stats}
+        grads, (new_state, step_metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
+        model_state = {**state.model_state, **new_state}
         return apply_mean_gradients(state, grads, step_metrics, parallel, model_state=model_state)
 
-    def logits(self, state: TrainState, images: jax.Array) -> jax.Array:
-        """Evaluation-mode logits (running BatchNorm statistics) of uint8 images or float images
-        in [0, 1]."""
-        return self.model.apply(state.variables, self._normalise(images), train=False).astype(
-            jnp.float32
+    def _evaluation_logits(
+        self,
+        state: TrainState,
+        images: jax.Array,
+        positions: jax.Array | None = None,
+        parallel: ParallelContext = SINGLE_DEVICE,
+        *,
+        noise_at_eval: bool | None = None,
+        batch_norm_batch_stats: bool = False,
+    ) -> jax.Array:
+        """(B, K) float32 logits of uint8 / [0, 1] images in evaluation mode: the noise acts iff
+        ``noise_at_eval`` (None: ``model.noise.at_eval``), drawing from the step's 'eval' key
+        and the rows' ``positions``; BatchNorm uses its running statistics, or with
+        ``batch_norm_batch_stats`` the batch's (the noise then acts as in training; nothing is
+        stored)."""
+        model = build_model(self.model_config, parallel, noise_at_eval=noise_at_eval)
+        draws = self.noise.kind in RANDOM_NOISE_KINDS and (
+            batch_norm_batch_stats
+            or (self.noise.at_eval if noise_at_eval is None else noise_at_eval)
         )
+        rngs = step_rngs(state.rng, state.step, ("noise",), kind="eval") if draws else None
+        logits = model.apply(
+            state.variables,
+            self._normalise(images),
+            train=batch_norm_batch_stats,
+            positions=positions,
+            rngs=rngs,
+            mutable=["batch_stats"] if batch_norm_batch_stats else False,
+        )
+        if batch_norm_batch_stats:
+            logits, _ = logits  # the batch statistics are not kept
+        return logits.astype(jnp.float32)
+
+    def logits(
+        self, state: TrainState, images: jax.Array, positions: jax.Array | None = None
+    ) -> jax.Array:
+        """Evaluation-mode logits (running BatchNorm statistics; the noise as configured, i.e.
+        with ``model.noise.at_eval``) of uint8 images or float images in [0, 1], single device.
+        ``positions``: the rows' global positions (None: their indices in ``images``)."""
+        return self._evaluation_logits(state, images, positions)
+
+    def predict_fn(
+        self, *, inject: bool, batch_norm_batch_stats: bool = False
+    ) -> Callable[[TrainState, jax.Array, jax.Array], jax.Array]:
+        """A jitted single-device ``(state, images, positions) -> logits`` for audits.
+
+        ``images``: (B, H, W, C) as the data source gives them (uint8, or float in [0, 1]);
+        ``positions``: (B,) int, the rows' global positions (the Gaussian and salt-and-pepper
+        draws are keyed by them and the step's 'eval' key, as in `eval_step`); logits: (B, K)
+        float32.
+
+        * ``inject=False``: the plain evaluation model: no noise (whatever ``at_eval`` says),
+          running BatchNorm statistics. No row depends on another.
+        * ``inject=True``: the model's sample-mixing layers act at evaluation: the configured
+          ``model.noise`` as if ``at_eval=True`` (for 'linear' / 'optimal_q' each row then
+          depends on the rest of the batch); and with ``batch_norm_batch_stats=True`` BatchNorm
+          normalises with the batch's statistics (ResNet only), the other layer that mixes
+          samples, e.g. for a model with ``model.noise.kind = 'none'``.
+
+        Every row given is mixed with the others: pass real rows only (a shorter last batch, not
+        padding; a new batch size compiles anew). ValueError for ``batch_norm_batch_stats``
+        without ``inject`` or on a ViT.
+        """
+        if batch_norm_batch_stats and not inject:
+            raise ValueError("batch_norm_batch_stats=True needs inject=True (it mixes samples).")
+        if batch_norm_batch_stats and self.model_config.architecture != "resnet":
+            raise ValueError(
+                f"batch_norm_batch_stats=True: model.architecture = "
+                f"{self.model_config.architecture!r} has no BatchNorm."
+            )
+        predict = functools.partial(
+            self._evaluation_logits,
+            noise_at_eval=inject,
+            batch_norm_batch_stats=batch_norm_batch_stats,
+        )
+        return jax.jit(lambda state, images, positions: predict(state, images, positions))
 
     def eval_step(
         self, state: TrainState, batch: Mapping[str, jax.Array], parallel: ParallelContext
     ) -> dict[str, jax.Array]:
-        logits = self.logits(state, batch["image"])
+        logits = self._evaluation_logits(state, batch["image"], batch["position"], parallel)
         labels = batch["label"]
         mask = batch["mask"].astype(jnp.float32)
         top_k = min(5, logits.shape[-1])
@@ -599,7 +999,9 @@ class ClassifyTask(Task):
         """A PNG of test images titled 'label → prediction'."""
         batch = self._eval_source.batch(0)
         count = min(16, int(batch["mask"].sum()))
-        logits = jax.jit(self.logits)(state, jnp.asarray(batch["image"][:count]))
+        logits = jax.jit(self.logits)(
+            state, jnp.asarray(batch["image"][:count]), jnp.asarray(batch["position"][:count])
+        )
         predictions = np.asarray(jnp.argmax(logits, -1))
         titles = [
             f"{int(y)} → {int(p)}" for y, p in zip(batch["label"][:count], predictions, strict=True)
@@ -616,11 +1018,15 @@ class ClassifyTask(Task):
         return {"report_batch_accuracy": float(np.mean(correct))}
 
     def model_name(self) -> str:
-        """The Table 2 row name: 'ResNet18', 'ResNet50+HPOW', 'ResNet18+Stability'..."""
-        kind = self.model_config.quantizer.kind
-        name = f"ResNet{self.model_config.depth}"
+        """The Table 2 row name: 'ResNet18', 'ResNet50+HPOW', 'ResNet18+Stability',
+        'ViT-B+Linear', 'ResNet18+OptimalQ'..."""
+        model = self.model_config
+        kind = model.quantizer.kind
+        name = f"ViT-{model.vit_size}" if model.architecture == "vit" else f"ResNet{model.depth}"
         if kind != "none":
             name += "+" + kind.upper().replace("_", "-")
+        if self.noise.kind != "none":
+            name += "+" + self.noise.kind.title().replace("_", "")
         if self.stability.weight > 0:
             name += "+Stability"
         return name
