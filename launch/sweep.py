@@ -5,6 +5,11 @@
     python launch/sweep.py ... --parallel 2  # two points at a time on this machine
     python launch/sweep.py ... --print       # only print the commands
     python launch/sweep.py ... --slurm --slurm-option=--partition=gpu --slurm-option=--gpus=1
+    python launch/sweep.py configs/positive_noise/digits.py:linear runs/pn_layer --grids-from layer
+
+--grids-from NAME takes the --grid specs of the grid NAME from the config file's SWEEP_GRIDS, a
+dict {name: [spec, ...]} (the file is imported for it); its axes come before those of --grid, and
+both may be repeated.
 
 Here, up to --parallel points run at once (default: one per GPU that `nvidia-smi -L` lists, else 1).
 On a GPU machine each running point gets its own share of the GPUs through CUDA_VISIBLE_DEVICES; on
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import itertools
 import os
 import shlex
@@ -58,6 +64,36 @@ def parse_grid(specs: list[str]) -> list[list[tuple[str, str]]]:
             raise ValueError(f"--grid {spec!r}: expected key=v1,v2,...")
         axes.append([(key, value) for value in values.split(",")])
     return axes
+
+
+def named_grids(config: str, names: list[str]) -> list[str]:
+    """The --grid specs of the grids ``names`` in the SWEEP_GRIDS dict of ``config``'s file (its
+    ``:argument`` ignored), in order; ValueError naming what is missing or malformed."""
+    if not names:
+        return []
+    path = config.partition(":")[0]
+    if not os.path.isfile(path):
+        raise ValueError(f"--grids-from: no config file {path!r}")
+    spec = importlib.util.spec_from_file_location("_sweep_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    grids = getattr(module, "SWEEP_GRIDS", None)
+    if not isinstance(grids, dict):
+        raise ValueError(f"--grids-from: {path} defines no SWEEP_GRIDS dict {{name: [spec, ...]}}")
+    specs = []
+    for name in names:
+        if name not in grids:
+            raise ValueError(
+                f"--grids-from {name}: {path}'s SWEEP_GRIDS has no grid {name!r}; it has: "
+                + ", ".join(grids)
+            )
+        grid = grids[name]
+        if not isinstance(grid, (list, tuple)) or not all(isinstance(s, str) for s in grid):
+            raise ValueError(
+                f"--grids-from {name}: {path}'s SWEEP_GRIDS[{name!r}] is not a list of specs"
+            )
+        specs += grid
+    return specs
 
 
 def grid_points(
@@ -233,6 +269,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("config", help="the config file (with its :argument, if any)")
     parser.add_argument("root", help="one sub-directory per grid point is created here")
     parser.add_argument("--grid", action="append", default=[], help="key=v1,v2,... (repeatable)")
+    parser.add_argument(
+        "--grids-from",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="the grid NAME of the config file's SWEEP_GRIDS (repeatable; before --grid's axes)",
+    )
     parser.add_argument("--print", action="store_true", help="print the commands, run nothing")
     parser.add_argument(
         "--parallel",
@@ -260,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        axes = parse_grid(args.grid)
+        axes = parse_grid(named_grids(args.config, args.grids_from) + args.grid)
     except ValueError as error:
         parser.error(str(error))
     if args.parallel is not None and args.parallel < 1:

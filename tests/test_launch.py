@@ -285,6 +285,45 @@ def test_sweep_print_only_prints_every_points_command(fakes: Fakes, tmp_path: Pa
     assert not root.exists()
 
 
+def test_sweep_takes_named_grids_from_the_config_files_sweep_grids(
+    fakes: Fakes, tmp_path: Path
+) -> None:
+    """--grids-from reads the config module's SWEEP_GRIDS: its axes first, then --grid's."""
+    root, config = tmp_path / "sweep", "configs/positive_noise/digits.py:linear"
+    command = [sys.executable, str(LAUNCH / "sweep.py"), config, str(root), "--print"]
+    named = ["--grids-from", "type_strength", "--grid", "train.num_steps=5,9"]
+    result = _run([*command, *named], fakes.env(PYTHON="python"))
+    assert result.returncode == 0, result.stderr
+    commands = [shlex.split(line) for line in result.stdout.splitlines()]
+    assert len(commands) == 3 * 4 * 2
+    assert commands[0] == [
+        "python",
+        *MAIN,
+        f"--config={config}",
+        f"--workdir={root / 'kind=gaussian_strength=0.1_num_steps=5'}",
+        "--config.model.noise.kind=gaussian",
+        "--config.model.noise.strength=0.1",
+        "--config.train.num_steps=5",
+    ]
+    assert commands[-1][-3:] == [
+        "--config.model.noise.kind=salt_pepper",
+        "--config.model.noise.strength=0.4",
+        "--config.train.num_steps=9",
+    ]
+    layers = _run([*command, "--grids-from", "layer"], fakes.env(PYTHON="python"))
+    assert [line.rsplit(" ", 1)[1] for line in layers.stdout.splitlines()] == [
+        f"--config.model.noise.place=stage{stage}.block2" for stage in range(1, 5)
+    ]
+    assert not fakes.records("python") and not root.exists()
+    unknown = _run([*command, "--grids-from", "depth"], fakes.env(PYTHON="python"))
+    assert unknown.returncode == 2
+    assert "SWEEP_GRIDS has no grid 'depth'; it has: strength, type_strength, layer" in (
+        unknown.stderr
+    )
+    missing = _run([*command[:2], CONFIG, str(root), "--grids-from", "layer"], fakes.env())
+    assert missing.returncode == 2 and "nib_resnet.py defines no SWEEP_GRIDS" in missing.stderr
+
+
 def test_sweep_slurm_submits_a_job_array_whose_tasks_run_their_points(
     fakes: Fakes, tmp_path: Path
 ) -> None:
