@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import functools
 import importlib
+import json
 import operator
 
 import chex
@@ -241,3 +242,33 @@ def test_predict_fn_mixes_neighbours_only_when_injecting(resnet_state):
         none_task.predict_fn(inject=False, batch_norm_batch_stats=True)
     with pytest.raises(ValueError, match="'vit' has no BatchNorm"):
         classify.build(tiny_config("vit_none")).predict_fn(inject=True, batch_norm_batch_stats=True)
+
+
+def test_leakage_audit_mode_audits_the_real_test_rows_of_a_checkpoint(resnet_state, tmp_path):
+    """``mode='leakage_audit'`` on linear noise: every real test digit once (the padded third
+    eval batch's 3 padding rows dropped); at batch 1 the roll of a row onto itself is the identity,
+    so the accuracy equals the plain model's; the on-model's logits depend on the batch, the
+    plain model's do not. A ViT without noise has nothing that mixes samples."""
+    config = tiny_config("linear")
+    config["data"].update(eval_batch_size=100, num_eval_batches=0)
+    config["leakage"].update(batch_sizes=(1, 16, 64), independence_samples=8)
+    task = _validated_task(config)
+    image_shape = task.eval_source(0, 1).batch(0)["image"].shape
+    variables = _random_variables(classify.build_model(task.model_config), image_shape)
+    state = resnet_state.replace(
+        params=variables["params"], model_state={"batch_stats": variables["batch_stats"]}
+    )
+    metrics = task.run_mode("leakage_audit", state, str(tmp_path), step=2)
+    out = tmp_path / "leakage"
+    audit = json.loads((out / "audit.json").read_text())
+    assert audit["num_samples"] == 297
+    assert {"off", "batch1", "batch16", "batch64_shuffled", "batch64_sorted"} <= set(audit)
+    assert audit["batch1"] == audit["off"]
+    assert audit["independence"]["on"]["max_abs_delta"] > 0
+    assert audit["independence"]["off"]["max_abs_delta"] == 0
+    assert metrics["leakage/batch64_sorted"] == audit["batch64_sorted"]
+    assert (out / "audit.md").stat().st_size > 0 and (out / "audit.png").stat().st_size > 0
+
+    vit = tiny_config("vit_none")
+    with pytest.raises(cs.ConfigError, match="nothing in this model mixes samples"):
+        classify.build(vit).run_mode("leakage_audit", state, str(tmp_path), step=2)

@@ -97,7 +97,7 @@ DEPTHS = (10, 18, 34, 50, 101)
 ARCHITECTURES = ("resnet", "vit")
 STEMS = ("imagenet", "small")
 DTYPES = ("float32", "bfloat16")
-MODES = ("train", "robustness")
+MODES = ("train", "robustness", "leakage_audit")
 TRAINABLE = ("all", "classifier")
 VARIANTS = (*QUANTIZER_KINDS, "stability")
 CLASSIFIER = "classifier"  # the ResNet's final dense layer (its params subtree)
@@ -457,6 +457,38 @@ class RobustnessConfig:
     seed: int = cs.setting(0, cs.integer(minimum=0), "seed of the distortions", resumable=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class LeakageConfig:
+    """The ``leakage`` section: the cross-sample leakage audit (``mode='leakage_audit'``,
+    `metrics.leakage`)."""
+
+    batch_sizes: tuple[int, ...] = cs.setting(
+        (1, 16, 256),
+        cs.Rule(
+            lambda value, _: (
+                isinstance(value, (tuple, list))
+                and len(value) >= 2
+                and all(isinstance(b, int) and b >= 1 for b in value)
+                and len(set(value)) == len(value)
+            ),
+            "a tuple of at least two distinct integers >= 1",
+        ),
+        "evaluation batch sizes, distinct; the largest is also run class-sorted",
+        resumable=True,
+    )
+    num_samples: int = cs.setting(
+        0,
+        cs.integer(minimum=0),
+        "test samples audited, the first of the eval stream (0: every real row of the "
+        "data.num_eval_batches eval batches); the audit holds them in memory",
+        resumable=True,
+    )
+    independence_samples: int = cs.setting(
+        64, cs.integer(minimum=1), "samples probed for per-sample independence", resumable=True
+    )
+    seed: int = cs.setting(0, cs.integer(minimum=0), "seed of the shuffles", resumable=True)
+
+
 SECTIONS = {
     "train": LoopConfig,
     "data": ClassifyData,
@@ -466,6 +498,7 @@ SECTIONS = {
     "finetune": FinetuneConfig,
     "stability": StabilityConfig,
     "robustness": RobustnessConfig,
+    "leakage": LeakageConfig,
 }
 
 
@@ -615,6 +648,7 @@ def experiment_config(
         "finetune": FinetuneConfig(trainable="classifier" if stability else "all"),
         "stability": StabilityConfig(weight=0.01 if stability else 0.0),
         "robustness": RobustnessConfig(),
+        "leakage": LeakageConfig(),
     }
     return cs.config_dict(sections, task="classify", mode="train")
 
@@ -724,6 +758,7 @@ class ClassifyTask(Task):
         self.finetune = cs.read_section(FinetuneConfig, config["finetune"])
         self.stability = cs.read_section(StabilityConfig, config["stability"])
         self.robustness = cs.read_section(RobustnessConfig, config["robustness"])
+        self.leakage = cs.read_section(LeakageConfig, config["leakage"])
         self.noise = self.model_config.noise
         self.model = build_model(self.model_config)  # single device, the configured evaluation
         num_steps = cs.read_section(LoopConfig, config["train"]).num_steps
@@ -1051,10 +1086,77 @@ class ClassifyTask(Task):
         )
 
     def run_mode(self, mode: str, state: TrainState, workdir: str, step: int) -> dict[str, float]:
-        """``config.mode``: ``'robustness'`` writes the distortion benchmark of the checkpoint."""
-        if mode != "robustness":
-            raise cs.ConfigError(f"config.mode = {mode!r}: allowed: {', '.join(MODES)}")
-        return self.robustness_report(state, workdir)
+        """``config.mode``: ``'robustness'`` writes the distortion benchmark of the checkpoint,
+        ``'leakage_audit'`` its cross-sample leakage audit."""
+        if mode == "robustness":
+            return self.robustness_report(state, workdir)
+        if mode == "leakage_audit":
+            return self.leakage_report(state, workdir)
+        raise cs.ConfigError(f"config.mode = {mode!r}: allowed: {', '.join(MODES)}")
+
+    def leakage_report(self, state: TrainState, workdir: str) -> dict[str, float]:
+        """The leakage audit (`metrics.leakage.leakage_audit`) of the checkpoint: writes
+        ``workdir/leakage/audit.json``, ``audit.md`` and ``audit.png``; returns each setting's
+        accuracy (``leakage/<setting>``) and the independence summary's numbers.
+
+        What mixes samples at evaluation: the configured ``model.noise`` (as if
+        ``at_eval=True``); for ``kind='none'`` a ResNet's BatchNorm with batch statistics
+        (training mode), the other layer that mixes rows. The audited rows are the real rows of
+        the eval stream (its padding dropped), with their positions in it.
+        """
+        from noise_research.metrics.leakage import leakage_audit
+
+        options = self.leakage
+        mixes_by_batch_norm = self.noise.kind == "none"
+        if mixes_by_batch_norm and self.model_config.architecture != "resnet":
+            raise cs.ConfigError(
+                "config.mode = 'leakage_audit': nothing in this model mixes samples "
+                "(model.noise.kind = 'none' and a ViT has no BatchNorm); allowed: a model.noise "
+                "kind, or model.architecture = 'resnet' (BatchNorm with batch statistics)"
+            )
+        predict_on = self.predict_fn(inject=True, batch_norm_batch_stats=mixes_by_batch_norm)
+        predict_off = self.predict_fn(inject=False)
+        images, labels, positions = self._real_eval_rows(options.num_samples)
+        result = leakage_audit(
+            lambda x, p: predict_on(state, jnp.asarray(x), jnp.asarray(p)),
+            lambda x, p: predict_off(state, jnp.asarray(x), jnp.asarray(p)),
+            images,
+            labels,
+            positions,
+            batch_sizes=options.batch_sizes,
+            seed=options.seed,
+            independence_samples=min(options.independence_samples, len(labels)),
+            out_dir=os.path.join(workdir, "leakage"),
+            title=self.model_name() + (" (BatchNorm in training mode)" * mixes_by_batch_norm),
+            progress=self.config["train"]["progress"],
+        )
+        independence = {
+            f"leakage/independence_{key}": float(value)
+            for key, value in result["independence"].get("on", {}).items()
+            if isinstance(value, (int, float))
+        }
+        settings = {k: v for k, v in result.items() if isinstance(v, (int, float))}
+        return {**{f"leakage/{k}": float(v) for k, v in settings.items()}, **independence}
+
+    def _real_eval_rows(self, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Images, labels and positions of the eval stream's real rows (padding dropped), the
+        first ``limit`` of them (0: all of the ``num_eval_batches`` batches)."""
+        images, labels, positions, count = [], [], [], 0
+        for index in range(self.num_eval_batches):
+            batch = self._eval_source.batch(index)
+            real = np.asarray(batch["mask"]) > 0
+            images.append(np.asarray(batch["image"])[real])
+            labels.append(np.asarray(batch["label"])[real])
+            positions.append(np.asarray(batch["position"])[real])
+            count += int(real.sum())
+            if limit and count >= limit:
+                break
+        rows = slice(0, limit or None)
+        return (
+            np.concatenate(images)[rows],
+            np.concatenate(labels)[rows],
+            np.concatenate(positions)[rows],
+        )
 
     def table_metric(self) -> str:
         """Table 2's metric: ``robustness.table_metric``, or for 'auto' top-5 on large label sets
