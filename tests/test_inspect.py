@@ -92,3 +92,26 @@ def test_bad_shape_gives_one_clear_line(shape, message, capsys):
 def test_register_block_refuses_a_taken_name():
     with pytest.raises(ValueError, match="name='nib' is already registered"):
         register_block("nib", get_block("nib"))
+
+
+@pytest.mark.parametrize(
+    ("plain", "nib"),
+    [("halftone_resnet_plain", "halftone_resnet"), ("halftone_unet_plain", "halftone_unet")],
+)
+def test_the_plain_halftoning_twins_differ_from_the_registered_models_only_in_the_first_layer(
+    plain, nib
+):
+    plain_module, plain_input, plain_rngs = get_block(plain)(None)
+    nib_module, nib_input, nib_rngs = get_block(nib)(None)
+    assert (plain_module.first_layer, nib_module.first_layer) == ("conv", "nib")
+    assert plain_module.clone(first_layer="nib") == nib_module
+    assert plain_input.shape == nib_input.shape and plain_rngs == nib_rngs == ()
+
+
+def test_help_documents_the_flatness_probe(capsys):
+    with pytest.raises(SystemExit):
+        inspect.main(["--help"])
+    printed = capsys.readouterr().out
+    for option in ("--flatness", "--levels", "--margin", "--out"):
+        assert option in printed
+    assert "--flatness" in inspect.__doc__ and "receptive-field growth" in inspect.__doc__
