@@ -10,8 +10,8 @@ DESIGN.md: "Inspectable: any block's jaxpr can be printed from the command line"
 variables are initialised with the fixed key `jax.random.key(0)`; the printed function is
 `apply(variables, inputs, rngs)`, so params, 'noise_keys' and the 'noise' rng key (for blocks with
 dynamic noise) appear as its inputs. Importing `noise_research.layers` and `noise_research.models`
-registers the blocks; this module adds `halftone_resnet_plain` and `halftone_unet_plain`, the
-standard (3×3 conv first layer) twins of the registered NIB-equipped halftoning models.
+registers the blocks (the halftoning models with a NIB first layer, `halftone_resnet` /
+`halftone_unet`, and their plain 3×3-conv twins, `halftone_resnet_plain` / `halftone_unet_plain`).
 
 --flatness (NIB paper, section 1, "flatness degradation"; `noise_research.metrics.flatness`): the
 block, initialised with the real `module.init` from the same key, sees constant inputs at each
@@ -44,29 +44,9 @@ import jax.numpy as jnp
 import noise_research.layers
 import noise_research.models  # noqa: F401  (registers the halftoning models)
 from noise_research.metrics import flatness
-from noise_research.models.halftone import HalftoneResNet, HalftoneUNet
-from noise_research.registry import block_names, get_block, register_block
+from noise_research.registry import block_names, get_block
 
 INIT_KEY_SEED = 0
-
-
-def _plain_halftone_factory(model_class: type[nn.Module]):
-    """A registry factory for the standard (first layer a 3×3 conv) halftoning model at width 64;
-    default input (1, 64, 64, 1), like the NIB-equipped `halftone_resnet` / `halftone_unet`."""
-
-    def factory(shape: tuple[int, ...] | None):
-        module = model_class(first_layer="conv")
-        return module, jax.ShapeDtypeStruct(shape or (1, 64, 64, 1), jnp.float32), ()
-
-    return factory
-
-
-for _name, _model_class in (
-    ("halftone_resnet_plain", HalftoneResNet),
-    ("halftone_unet_plain", HalftoneUNet),
-):
-    if _name not in block_names():  # `python -m` runs this module a second time as __main__
-        register_block(_name, _plain_halftone_factory(_model_class))
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

@@ -269,16 +269,18 @@ def build_halftone_model(name: str, **kwargs: Any) -> HalftoneResNet | HalftoneU
     return HALFTONE_MODELS[name](**kwargs)
 
 
-def _halftone_block_factory(model_class: type[nn.Module]):
-    """A registry factory for the NIB-equipped (stationary N(0, 0.3)) model at width 64;
-    default input (1, 64, 64, 1)."""
+def _halftone_block_factory(model_class: type[nn.Module], first_layer: str):
+    """A registry factory for the model at width 64 with ``first_layer`` 'nib' (stationary
+    N(0, 0.3)) or 'conv' (the plain 3×3 twin); default input (1, 64, 64, 1)."""
 
     def factory(shape: tuple[int, ...] | None):
-        module = model_class(first_layer="nib")
+        module = model_class(first_layer=first_layer)
         return module, jax.ShapeDtypeStruct(shape or (1, 64, 64, 1), jnp.float32), ()
 
     return factory
 
 
-register_block("halftone_resnet", _halftone_block_factory(HalftoneResNet))
-register_block("halftone_unet", _halftone_block_factory(HalftoneUNet))
+register_block("halftone_resnet", _halftone_block_factory(HalftoneResNet, "nib"))
+register_block("halftone_unet", _halftone_block_factory(HalftoneUNet, "nib"))
+register_block("halftone_resnet_plain", _halftone_block_factory(HalftoneResNet, "conv"))
+register_block("halftone_unet_plain", _halftone_block_factory(HalftoneUNet, "conv"))
