@@ -41,6 +41,7 @@ import jax
 import numpy as np
 
 from noise_research import config_schema as cs
+from noise_research.experiments import tables
 from noise_research.metrics.gan_geometry import intermediate_features, layer_spectra
 from noise_research.models.dcgan import INJECTIONS
 from noise_research.tasks import gan
@@ -172,30 +173,16 @@ def _curve(workdir: str) -> dict[str, list[float]]:
     }
 
 
-def summarize(results: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+def summarize(results: Sequence[Mapping[str, Any]]) -> tables.Table:
     """Per injection and column: mean, std (ddof 1 over seeds; 0 for one seed) and n."""
-    table: dict[str, dict[str, dict[str, float]]] = {}
-    for injection in INJECTIONS:
-        rows = [r for r in results if r["injection"] == injection]
-        if not rows:
-            continue
-        table[injection] = {}
-        for column in COLUMNS:
-            values = np.array([r[column] for r in rows], np.float64)
-            std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-            table[injection][column] = {"mean": float(values.mean()), "std": std, "n": len(values)}
-    return table
+    return tables.mean_std_over_seeds(results, "injection", INJECTIONS, COLUMNS)
 
 
 def format_markdown(table: Mapping[str, Any], budget: Mapping[str, Any]) -> str:
     """The table as markdown, mean ± std over seeds, with its caption."""
-    lines = [
-        "| injection | " + " | ".join(HEADERS[c] for c in COLUMNS) + " |",
-        "|---|" + "---|" * len(COLUMNS),
-    ]
-    for injection, columns in table.items():
-        cells = [f"{columns[c]['mean']:.4g} ± {columns[c]['std']:.2g}" for c in COLUMNS]
-        lines.append(f"| {injection} | " + " | ".join(cells) + " |")
+    lines = tables.markdown_rows(
+        table, "injection", HEADERS, COLUMNS, lambda m, s: f"{m:.4g} ± {s:.2g}"
+    )
     seeds = ", ".join(str(s) for s in budget["seeds"])
     lines += [
         "",

@@ -105,6 +105,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from noise_research import config_schema as cs
+from noise_research.experiments import tables
 from noise_research.tasks import halftone
 from noise_research.train.loop import LoopConfig, train
 from noise_research.train.metric_writer import read_metrics
@@ -284,19 +285,9 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
     return result
 
 
-def summarize(results: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+def summarize(results: Sequence[Mapping[str, Any]]) -> tables.Table:
     """Per variant and column: mean, std (ddof 1 over seeds; 0 for one seed) and n."""
-    table: dict[str, dict[str, dict[str, float]]] = {}
-    for variant in VARIANTS:
-        rows = [r for r in results if r["variant"] == variant]
-        if not rows:
-            continue
-        table[variant] = {}
-        for column in COLUMNS:
-            values = np.array([r[column] for r in rows], np.float64)
-            std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-            table[variant][column] = {"mean": float(values.mean()), "std": std, "n": len(values)}
-    return table
+    return tables.mean_std_over_seeds(results, "variant", VARIANTS, COLUMNS)
 
 
 def _mean_of_measured(seconds: Sequence[float]) -> float:
@@ -307,13 +298,9 @@ def _mean_of_measured(seconds: Sequence[float]) -> float:
 
 def format_markdown(table: Mapping[str, Any], budget: Mapping[str, Any]) -> str:
     """The table as markdown, mean ± std over seeds, with its caption."""
-    lines = [
-        "| variant | " + " | ".join(HEADERS[c] for c in COLUMNS) + " |",
-        "|---|" + "---|" * len(COLUMNS),
-    ]
-    for variant, columns in table.items():
-        cells = [f"{columns[c]['mean']:.2f} ± {columns[c]['std']:.2f}" for c in COLUMNS]
-        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    lines = tables.markdown_rows(
+        table, "variant", HEADERS, COLUMNS, lambda m, s: f"{m:.2f} ± {s:.2f}"
+    )
     seeds = ", ".join(str(s) for s in budget["seeds"])
     lines += [
         "",
