@@ -15,6 +15,9 @@ TASK_MODULES = {
     "halftone": "noise_research.tasks.halftone",
     "classify": "noise_research.tasks.classify",
     "gan": "noise_research.tasks.gan",
+    "autoencoder": "noise_research.tasks.autoencoder",
+    "colour_hiding": "noise_research.tasks.colour_hiding",
+    "semantic_synthesis": "noise_research.tasks.semantic_synthesis",
 }
 
 
