@@ -11,12 +11,16 @@ authors' halftoning code; the paper's section 4.3 for the blue-noise term), `hal
   so binarization changes little;
 * blue-noise loss ``L_B = ‖DCT(H) ⊙ M‖₁`` (paper, section 4.3), as an L1 on the low-frequency DCT
   block (50 of 256 per side) between output and gray mapped to [0, 1], computed only on the
-  constant-gray images (where the gray's spectrum is pure DC), weight 0.3.
+  constant-gray images (where the gray's spectrum is pure DC), weight 0.3;
+* structure loss ``mean(1 − SSIM(h, I))`` on the training images, weight ``structure_weight``
+  (0 by default: the halftoning task of section 3; the dithering configs of section 4.3 turn it
+  on, `configs/halftone/dithering.py`, see `halftone_losses` and `dithering_config`).
 
 Tone and blue noise see the continuous y, as in the authors' code; ``loss.output = 'binary'`` gives
 them the binarized halftone instead. Every step trains on ``data.batch_size`` images (procedural
 comics or a TFDS set) plus ``data.constant_batch_size`` constant-gray images, both through one
-forward pass.
+forward pass. ``data.name = 'samples'`` trains on crops of the held-out scikit-image samples,
+``'comic+samples'`` on both alternately (`noise_research.data.sample_crops`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import chex
@@ -45,6 +49,7 @@ from noise_research.data import (
     sample_images,
 )
 from noise_research.data.base import ENDLESS, BatchSource, ProcessSlice, worker_batches
+from noise_research.data.sample_crops import SampleCropBatches
 from noise_research.layers.nib import NibConfig
 from noise_research.metrics import halftone as metrics
 from noise_research.models.halftone import (
@@ -67,8 +72,10 @@ from noise_research.viz import (
 )
 
 DTYPES = ("float32", "bfloat16")
+Halftoner = Callable[[np.ndarray], np.ndarray]  # gray (B, H, W, 1) in [−1, 1] -> {−1, +1}
 EVAL_SEED_OFFSET = 1_000_003  # eval comics come from a seed no training step uses
 EVAL_NOISE_INDEX = 2**31 - 1  # eval's dynamic noise: fold_in(root, index) no training step uses
+SAMPLE_CROP_SOURCES = ("samples", "comic+samples")  # data.name values of sample_crops' batches
 
 
 def image_side(minimum: int) -> cs.Rule:
@@ -97,7 +104,10 @@ class HalftoneData:
     """The ``data`` section: training crops and constant-gray images."""
 
     name: str = cs.setting(
-        "comic", cs.text(), "'comic' (procedural, embedded) or a TFDS image dataset ('voc/2012')"
+        "comic",
+        cs.text(),
+        "'comic' (procedural, embedded), 'samples' (crops of the held-out scikit-image samples), "
+        "'comic+samples' (both, alternately) or a TFDS image dataset ('voc/2012')",
     )
     split: str = cs.setting("train", cs.text(), "the TFDS split")
     data_dir: str | None = cs.setting(
@@ -161,6 +171,12 @@ class HalftoneLoss:
     )
     blue_noise_weight: float = cs.setting(
         0.3, cs.number(minimum=0), "weight of the blue-noise loss on constant-gray images"
+    )
+    structure_weight: float = cs.setting(
+        0.0,
+        cs.number(minimum=0),
+        "weight of the structure loss mean(1 − SSIM(halftone, gray)) on the training images "
+        "(Pang et al. 2008; the NIB paper's section 4.3): 0 for halftoning, > 0 for dithering",
     )
     blue_noise_fraction: float = cs.setting(
         metrics.BLUE_NOISE_BLOCK_FRACTION,
@@ -244,6 +260,57 @@ def demo_from_arg(arg: str | None) -> bool:
     raise ValueError(f"config argument {arg!r} is unknown; allowed: 'demo' or nothing")
 
 
+DITHERING_VARIANTS = tuple(
+    f"{name}{suffix}" for name in ("blue_noise", "no_blue_noise") for suffix in ("", "_demo")
+)
+"""`configs/halftone/dithering.py` arguments: with / without L_B, the paper's size or ``_demo``."""
+
+DITHERING_STRUCTURE_WEIGHT = 0.1
+"""``loss.structure_weight`` of the dithering configs (our choice: the papers give none for a
+network; see `dithering_config`)."""
+
+DITHERING_DEMO_STEPS = 1500
+"""``train.num_steps`` of the ``_demo`` dithering configs: ≈ 7 minutes on 2 idle CPU cores
+(measured, `noise_research.experiments.dithering`)."""
+
+
+def dithering_variant_from_arg(arg: str | None) -> tuple[bool, bool]:
+    """``(blue_noise, demo)`` of the dithering config file's argument; empty means
+    ``blue_noise`` at the paper's size."""
+    if arg in (None, ""):
+        return True, False
+    if arg not in DITHERING_VARIANTS:
+        raise ValueError(
+            f"config argument {arg!r} is unknown; allowed: {', '.join(DITHERING_VARIANTS)}"
+        )
+    return not arg.startswith("no_"), arg.endswith("_demo")
+
+
+def dithering_config(*, blue_noise: bool, demo: bool = False) -> Any:
+    """Deep neural dithering (the NIB paper's section 4.3, Table 4): the halftoning ResNet with a
+    NIB first layer, trained on tone + Pang et al.'s structure term (`halftone_losses`,
+    ``loss.structure_weight`` = `DITHERING_STRUCTURE_WEIGHT`), with the blue-noise loss L_B on
+    constant gray (``blue_noise=True``, weight 0.3 as in the authors' halftoning code) or without
+    it (``blue_noise_weight = 0``, the paper's "Deep neural dithering / L_B" row). The two differ
+    in that one key only.
+
+    Training images: procedural comics and crops of the held-out scikit-image samples, alternately
+    (``data.name = 'comic+samples'``): the paper's *Structure* set cannot be downloaded, and the
+    structure term needs textured images (`noise_research.data.sample_crops`). ``demo=True`` is
+    the halftoning demo's size (width 16, 64² crops, batch 4 + 4, Adam 1e-3) for
+    `DITHERING_DEMO_STEPS` steps.
+    """
+    config = experiment_config(model="resnet", first_layer="nib", demo=demo)
+    config.data.name = "comic+samples"
+    config.loss.structure_weight = DITHERING_STRUCTURE_WEIGHT
+    config.loss.blue_noise_weight = HalftoneLoss().blue_noise_weight if blue_noise else 0.0
+    if demo:
+        config.train.num_steps = DITHERING_DEMO_STEPS
+        config.train.eval_every = DITHERING_DEMO_STEPS
+        config.train.checkpoint_every = DITHERING_DEMO_STEPS // 6
+    return config
+
+
 def binarize(y: jax.Array) -> jax.Array:
     """+1 where y ≥ 0, −1 elsewhere in the forward pass; identity gradient (straight-through).
 
@@ -269,6 +336,24 @@ def halftone_losses(
 
     where x is the continuous output y (``weights.output = 'continuous'``, the authors') or its
     straight-through binarization (``'binary'``).
+
+    With ``weights.structure_weight`` > 0 (deep neural dithering, the NIB paper's section 4.3,
+    which takes "the same loss function of [Pang et al., 2008]" and adds L_B), the loss gains
+    ``structure_weight · structure``, Pang et al.'s structure term:
+
+    * structure = mean(1 − SSIM(h, I)) over the training rows, SSIM of Wang et al. 2004 as
+      `metrics.ssim` computes it (11×11 Gaussian window, σ 1.5, unpadded, on [0, 1]), h the
+      straight-through binarized halftone whatever ``output`` says: on the continuous y the term
+      is minimised by y = I (SSIM 1), a flat gray that says nothing about the halftone's
+      structure, while the straight-through h lets the gradient reach y through the halftone that
+      is evaluated. Not on the constant-gray rows: a constant image has no local variance, so
+      there SSIM falls as the halftone's variance rises and the term would fight dithering itself.
+
+    Pang et al. minimise ``w_s·(1 − SSIM) + w_t·tone`` for each image by swapping halftone pixels,
+    with their own SSIM variant and weights; here it is a training loss of a network, with the
+    tone term above (blurred MSE), dm_pix's standard SSIM and the weights of the config. With
+    ``structure_weight = 0`` the term is not computed at all, so the loss, its gradient and the
+    step's metrics are exactly those of the halftoning task.
     """
     chex.assert_equal_shape([y, gray])
     num_real = y.shape[0] - num_constant
@@ -305,6 +390,9 @@ def halftone_losses(
         + weights.quantization_weight * terms["quantization_loss"]
         + weights.blue_noise_weight * terms["blue_noise_loss"]
     )
+    if weights.structure_weight > 0:
+        terms["structure_loss"] = jnp.mean(1.0 - metrics.ssim(binarize(y[real]), gray[real]))
+        loss = loss + weights.structure_weight * terms["structure_loss"]
     return loss, {"loss": loss, **terms}
 
 
@@ -438,6 +526,13 @@ class HalftoneTask(Task):
         if data.name == "comic":
             images = ComicBatches(size=(data.crop_size, data.crop_size), **common)
             num_workers = data.input_workers or 0
+        elif data.name in SAMPLE_CROP_SOURCES:
+            images = SampleCropBatches(
+                size=(data.crop_size, data.crop_size),
+                mix_comics=data.name == "comic+samples",
+                **common,
+            )
+            num_workers = data.input_workers or 0
         else:
             images = TfdsImageBatches(
                 data.name,
@@ -528,65 +623,19 @@ class HalftoneTask(Task):
         model_name = f"{self.model_config.first_layer}-{self.model_config.name}"
         methods = {model_name: lambda gray: self.halftone_images(state, gray)}
         methods.update(CLASSICAL_HALFTONERS)
-        methods = {name: _one_image_at_a_time(fn) for name, fn in methods.items()}
+        methods = {name: one_image_at_a_time(fn) for name, fn in methods.items()}
 
         size = self.eval_config.report_image_size
-        samples = sample_images(size=size)
         ramps = {
             "ramp": gray_ramp((size, size)),
             "steps": gray_steps(np.linspace(-0.9, 0.9, 8), (size, size)),
         }
-        for file_name, images in (("samples.png", samples), ("gray_ramps.png", ramps)):
-            gray = np.stack(list(images.values()))
-            halftones = {name: fn(gray) for name, fn in methods.items()}
-            grid, titles = [], []
-            for i, image_name in enumerate(images):
-                grid.append(gray[i])
-                titles.append(image_name)
-                for name in methods:
-                    grid.append(halftones[name][i])
-                    titles.append(name)
-            save_image_grid(os.path.join(out, file_name), grid, titles, ncols=len(methods) + 1)
-
-        levels = {"1/8": -0.75, "1/4": -0.5, "1/2": 0.0}
-        spectra: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {
-            f"g = {label}": {} for label in levels
-        }
-        anisotropies, table = {}, {}
-        for name, fn in methods.items():
-            row: dict[str, float] = {}
-            for label, level in levels.items():
-                flat = np.full((4, size, size, 1), level, np.float32)
-                flat_halftones = fn(flat)
-                spectra[f"g = {label}"][name] = metrics.radially_averaged_power_spectrum(
-                    flat_halftones
-                )
-                if label == "1/2":
-                    anisotropies[name] = metrics.anisotropy(flat_halftones)
-                row[f"constant_{label}_low_frequency_energy"] = float(
-                    metrics.low_frequency_energy(flat_halftones)
-                )
-            table[name] = row
-        # One panel per gray level, as Ulichney plots them; a method has one colour everywhere.
-        colors = method_colors(list(methods))
-        save_line_plot_grid(
-            os.path.join(out, "spectra.png"),
-            spectra,
-            xlabel="radial frequency (cycles/pixel)",
-            ylabel="power",
-            ncols=len(levels),
-            logy=True,
-            colors=colors,
-        )
-        save_line_plot(
-            os.path.join(out, "anisotropy.png"),
-            anisotropies,
-            xlabel="radial frequency (cycles/pixel)",
-            ylabel="anisotropy (dB)",
-            title="Anisotropy of mid-gray halftones",
-            colors=colors,
-        )
-
+        for file_name, images in (
+            ("samples.png", sample_images(size=size)),
+            ("gray_ramps.png", ramps),
+        ):
+            save_halftone_grid(os.path.join(out, file_name), images, methods)
+        table = save_constant_gray_spectra(out, methods, size)
         eval_source = self.eval_source(0, 1)
         eval_batches = [eval_source.batch(i) for i in range(self.num_eval_batches)]
         for split, prefix in (("image", "comic"), ("constant", "constant")):
@@ -626,7 +675,86 @@ class HalftoneTask(Task):
         )
 
 
-def _one_image_at_a_time(halftoner):
+REPORT_GRAY_LEVELS = {"1/8": -0.75, "1/4": -0.5, "1/2": 0.0}
+"""The constant grays whose halftones' spectra the report draws (label: level on [−1, 1])."""
+
+
+def save_halftone_grid(
+    path: str, images: Mapping[str, np.ndarray], methods: Mapping[str, Halftoner]
+) -> dict[str, np.ndarray]:
+    """One PNG: a row per gray image (H, W, 1), the image then each method's halftone of it.
+
+    Returns each method's halftones, (N, H, W, 1) in the order of ``images``."""
+    gray = np.stack(list(images.values()))
+    halftones = {name: fn(gray) for name, fn in methods.items()}
+    grid, titles = [], []
+    for i, image_name in enumerate(images):
+        grid.append(gray[i])
+        titles.append(image_name)
+        for name in methods:
+            grid.append(halftones[name][i])
+            titles.append(name)
+    save_image_grid(path, grid, titles, ncols=len(methods) + 1)
+    return halftones
+
+
+def save_constant_gray_spectra(
+    out: str,
+    methods: Mapping[str, Halftoner],
+    size: int,
+    levels: Mapping[str, float] = REPORT_GRAY_LEVELS,
+    num_images: int = 4,
+) -> dict[str, dict[str, float]]:
+    """Ulichney's blue-noise figures of each method's halftones of constant gray.
+
+    Halftones ``num_images`` constant images of side ``size`` at each of ``levels`` and writes
+    ``out/spectra.png`` (the radially averaged power spectra, one panel per level, a method in one
+    colour everywhere) and ``out/anisotropy.png`` (at mid-gray, the last level 1/2 by default).
+    Returns ``{method: {"constant_<label>_low_frequency_energy": share of power < 0.1
+    cycles/pixel}}``.
+    """
+    spectra: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {
+        f"g = {label}": {} for label in levels
+    }
+    anisotropies, table = {}, {}
+    mid_gray = list(levels)[-1]
+    for name, fn in methods.items():
+        row: dict[str, float] = {}
+        for label, level in levels.items():
+            flat_halftones = fn(np.full((num_images, size, size, 1), level, np.float32))
+            spectra[f"g = {label}"][name] = metrics.radially_averaged_power_spectrum(flat_halftones)
+            if label == mid_gray:
+                anisotropies[name] = metrics.anisotropy(flat_halftones)
+            row[f"constant_{label}_low_frequency_energy"] = float(
+                metrics.low_frequency_energy(flat_halftones)
+            )
+        table[name] = row
+    # One panel per gray level, as Ulichney plots them; a method has one colour everywhere.
+    colors = method_colors(list(methods))
+    save_line_plot_grid(
+        os.path.join(out, "spectra.png"),
+        spectra,
+        xlabel="radial frequency (cycles/pixel)",
+        ylabel="power",
+        ncols=len(levels),
+        logy=True,
+        colors=colors,
+    )
+    save_line_plot(
+        os.path.join(out, "anisotropy.png"),
+        anisotropies,
+        xlabel="radial frequency (cycles/pixel)",
+        ylabel="anisotropy (dB)",
+        title=f"Anisotropy of g = {mid_gray} halftones",
+        colors=colors,
+    )
+    return table
+
+
+def one_image_at_a_time(halftoner: Halftoner) -> Halftoner:
+    """``halftoner`` applied to each image of a batch alone, so a jitted halftoner compiles once
+    per image size, not once per batch size."""
+
     def halftone_each(gray: np.ndarray) -> np.ndarray:
         return np.concatenate([halftoner(gray[i : i + 1]) for i in range(gray.shape[0])])
 
