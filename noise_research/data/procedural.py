@@ -1,12 +1,14 @@
-"""Procedural gray images: comic panels, constant-gray batches, ramps and step wedges.
+"""Procedural images: gray and flat-colour comic panels, constant-gray batches, ramps and step
+wedges.
 
 DESIGN.md, "Embedded data": machines without network train and test on procedural data sets, here
-flat-shaded "comic" images. The halftoning trainer also needs a batch of **constant-gray** images
+flat-shaded "comic" images (gray, and a flat-colour version for colour hiding, the NIB paper's
+section 4.2). The halftoning trainer also needs a batch of **constant-gray** images
 for its blue-noise loss (DESIGN.md, "NIB / halftoning": the DCT low-frequency L1 is "computed only
 on a batch of constant-gray images"), and evaluation pictures use a gray ramp and gray steps.
 
 All images follow the project convention: float32 in [−1, 1] (−1 black, +1 white), shape
-(H, W, 1) per example, deterministic in their seed.
+(H, W, 1) per example ((H, W, 3) RGB for the colour comics), deterministic in their seed.
 """
 
 from __future__ import annotations
@@ -37,8 +39,24 @@ NEAR_WHITE_LEVELS = (232, 255)
 MID_TONE_LEVELS = (96, 160)
 
 
+# Colour comics are cel-shaded: flat fills and a few gradients, no hatching or dots.
+COLOUR_FILL_STYLES = ("flat", "linear_gradient", "radial_gradient")
+COLOUR_FILL_STYLE_PROBABILITIES = (0.76, 0.12, 0.12)
+
+Paint = int | tuple[int, int, int]
+"""A Pillow fill: a 0…255 level (mode "L") or an RGB triple (mode "RGB")."""
+
+
 def _random_level(rng: np.random.Generator, level_range: tuple[int, int]) -> int:
     return int(rng.integers(level_range[0], level_range[1] + 1))
+
+
+def _random_paint(rng: np.random.Generator, level_range: tuple[int, int], channels: int) -> Paint:
+    """A level (``channels`` = 1, the one draw `_random_level` makes) or an RGB triple with each
+    channel drawn from ``level_range`` (``channels`` = 3, one draw of three values)."""
+    if channels == 1:
+        return _random_level(rng, level_range)
+    return tuple(int(v) for v in rng.integers(level_range[0], level_range[1] + 1, size=3))
 
 
 def _random_geometry(
@@ -98,16 +116,15 @@ def _bounding_box(kind: str, geometry: list) -> tuple[float, float, float, float
     return tuple(geometry)
 
 
-def _gradient_layer(
+def _gradient_position(
     rng: np.random.Generator,
     style: str,
     bounding_box: tuple[float, float, float, float],
     width: int,
     height: int,
-    start_level: int,
-) -> Image.Image:
-    """A linear or radial gradient from `start_level` to a random level across the shape's box."""
-    end_level = _random_level(rng, (0, 255))
+) -> np.ndarray:
+    """(H, W) float32 in [0, 1]: where each pixel lies along a linear or radial gradient across
+    the shape's box (0 at the gradient's start)."""
     x0, y0, x1, y1 = bounding_box
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     if style == "linear_gradient":
@@ -123,8 +140,26 @@ def _gradient_layer(
         focus_y = rng.uniform(y0, y1) if y1 > y0 else y0
         radius = max(x1 - x0, y1 - y0, 1.0)
         position = np.hypot(xs - focus_x, ys - focus_y) / radius
-    position = np.clip(position, 0.0, 1.0)
-    levels = start_level + (end_level - start_level) * position
+    return np.clip(position, 0.0, 1.0)
+
+
+def _gradient_layer(
+    rng: np.random.Generator,
+    style: str,
+    bounding_box: tuple[float, float, float, float],
+    width: int,
+    height: int,
+    start: Paint,
+) -> Image.Image:
+    """A linear or radial gradient from the paint `start` to a random paint of as many channels
+    (a level or an RGB triple) across the shape's box."""
+    channels = 1 if isinstance(start, int) else 3
+    end = np.asarray(_random_paint(rng, (0, 255), channels), np.float32)
+    position = _gradient_position(rng, style, bounding_box, width, height)
+    start_array = np.asarray(start, np.float32)
+    if channels == 3:
+        position = position[..., None]
+    levels = start_array + (end - start_array) * position
     return Image.fromarray(np.round(levels).astype(np.uint8))
 
 
@@ -184,20 +219,76 @@ def _dotted_layer(
 
 
 def _draw_background(canvas: Image.Image, rng: np.random.Generator) -> None:
-    """A sky (flat, or a vertical gradient) and often a flat ground below a sloped horizon."""
+    """A sky (flat, or a vertical gradient) and often a flat ground below a sloped horizon; gray
+    levels on an "L" canvas, RGB paints on an "RGB" one."""
     width, height = canvas.size
+    channels = 1 if canvas.mode == "L" else 3
     draw = ImageDraw.Draw(canvas)
-    sky_level = _random_level(rng, (150, 255))
+    sky = _random_paint(rng, (150, 255), channels)
     if rng.uniform() < 0.65:
-        draw.rectangle([0, 0, width, height], fill=sky_level)
+        draw.rectangle([0, 0, width, height], fill=sky)
     else:
-        horizon_level = _random_level(rng, (60, 255))
-        rows = np.linspace(sky_level, horizon_level, height, dtype=np.float32)
+        horizon = _random_paint(rng, (60, 255), channels)
+        rows = np.linspace(sky, horizon, height, dtype=np.float32)
         canvas.paste(Image.fromarray(np.round(np.repeat(rows[:, None], width, 1)).astype(np.uint8)))
     if rng.uniform() < 0.7:
         left_y, right_y = rng.uniform(0.5, 0.85, 2) * height
         ground = [(0, left_y), (width, right_y), (width, height), (0, height)]
-        draw.polygon(ground, fill=_random_level(rng, (0, 200)))
+        draw.polygon(ground, fill=_random_paint(rng, (0, 200), channels))
+
+
+def _comic_canvas(seed: int, index: int, size: tuple[int, int], channels: int) -> np.ndarray:
+    """The comic panel of (seed, index) as a (H, W) uint8 ("L", ``channels`` = 1) or (H, W, 3)
+    ("RGB", ``channels`` = 3) array; see `comic_image` and `colour_comic_image`."""
+    seed = check_seed(seed)
+    index = check_integer(index, "index")
+    height, width = check_image_size(size)
+    rng = np.random.default_rng([seed, index])
+    canvas = Image.new("L" if channels == 1 else "RGB", (width, height))
+    _draw_background(canvas, rng)
+    draw = ImageDraw.Draw(canvas)
+
+    shape_count = int(rng.integers(4, 9))
+    paints = [
+        _random_paint(rng, NEAR_BLACK_LEVELS, channels),
+        _random_paint(rng, NEAR_WHITE_LEVELS, channels),
+        _random_paint(rng, MID_TONE_LEVELS, channels),
+    ] + [_random_paint(rng, (0, 255), channels) for _ in range(shape_count - 3)]
+    fill_styles, probabilities = (
+        (FILL_STYLES, FILL_STYLE_PROBABILITIES)
+        if channels == 1
+        else (COLOUR_FILL_STYLES, COLOUR_FILL_STYLE_PROBABILITIES)
+    )
+    styles = ["flat"] * 3 + list(rng.choice(fill_styles, size=shape_count - 3, p=probabilities))
+    draw_order = rng.permutation(shape_count)
+    max_outline_width = max(1, min(width, height) // 40)
+
+    for shape_number in draw_order:
+        paint, style = paints[shape_number], styles[shape_number]
+        kind = str(rng.choice(SHAPE_KINDS))
+        geometry = _random_geometry(rng, kind, width, height)
+        outline = _random_paint(rng, INK_LEVELS, channels)
+        outline_width = int(rng.integers(1, max_outline_width + 1))
+        if style == "flat":
+            _draw_shape(draw, kind, geometry, paint, outline, outline_width)
+            continue
+        bounding_box = _bounding_box(kind, geometry)
+        if style in ("linear_gradient", "radial_gradient"):
+            layer = _gradient_layer(rng, style, bounding_box, width, height, paint)
+        elif style == "hatched":
+            layer = _hatched_layer(rng, bounding_box, width, height, paint)
+        else:
+            layer = _dotted_layer(rng, bounding_box, width, height, paint)
+        mask = Image.new("L", (width, height), 0)
+        _draw_shape(ImageDraw.Draw(mask), kind, geometry, 255)
+        canvas.paste(layer, mask=mask)
+        _draw_shape(draw, kind, geometry, None, outline, outline_width)
+
+    if rng.uniform() < 0.5:
+        frame_width = int(rng.integers(1, max_outline_width + 1))
+        black = 0 if channels == 1 else (0, 0, 0)
+        draw.rectangle([0, 0, width - 1, height - 1], outline=black, width=frame_width)
+    return np.asarray(canvas)
 
 
 def comic_image(seed: int, index: int, size: tuple[int, int]) -> np.ndarray:
@@ -215,51 +306,24 @@ def comic_image(seed: int, index: int, size: tuple[int, int]) -> np.ndarray:
       index: position of the image in the data set (non-negative).
       size: (height, width) in pixels.
     """
-    seed = check_seed(seed)
-    index = check_integer(index, "index")
-    height, width = check_image_size(size)
-    rng = np.random.default_rng([seed, index])
-    canvas = Image.new("L", (width, height))
-    _draw_background(canvas, rng)
-    draw = ImageDraw.Draw(canvas)
+    return uint8_scale_to_signed_unit(_comic_canvas(seed, index, size, channels=1))[..., None]
 
-    shape_count = int(rng.integers(4, 9))
-    levels = [
-        _random_level(rng, NEAR_BLACK_LEVELS),
-        _random_level(rng, NEAR_WHITE_LEVELS),
-        _random_level(rng, MID_TONE_LEVELS),
-    ] + [_random_level(rng, (0, 255)) for _ in range(shape_count - 3)]
-    styles = ["flat"] * 3 + list(
-        rng.choice(FILL_STYLES, size=shape_count - 3, p=FILL_STYLE_PROBABILITIES)
-    )
-    draw_order = rng.permutation(shape_count)
-    max_outline_width = max(1, min(width, height) // 40)
 
-    for shape_number in draw_order:
-        level, style = levels[shape_number], styles[shape_number]
-        kind = str(rng.choice(SHAPE_KINDS))
-        geometry = _random_geometry(rng, kind, width, height)
-        outline_level = _random_level(rng, INK_LEVELS)
-        outline_width = int(rng.integers(1, max_outline_width + 1))
-        if style == "flat":
-            _draw_shape(draw, kind, geometry, level, outline_level, outline_width)
-            continue
-        bounding_box = _bounding_box(kind, geometry)
-        if style in ("linear_gradient", "radial_gradient"):
-            layer = _gradient_layer(rng, style, bounding_box, width, height, level)
-        elif style == "hatched":
-            layer = _hatched_layer(rng, bounding_box, width, height, level)
-        else:
-            layer = _dotted_layer(rng, bounding_box, width, height, level)
-        mask = Image.new("L", (width, height), 0)
-        _draw_shape(ImageDraw.Draw(mask), kind, geometry, 255)
-        canvas.paste(layer, mask=mask)
-        _draw_shape(draw, kind, geometry, None, outline_level, outline_width)
+def colour_comic_image(seed: int, index: int, size: tuple[int, int]) -> np.ndarray:
+    """A flat-COLOUR comic panel, (H, W, 3) RGB float32 in [−1, 1], deterministic in (seed,
+    index): the layout of `comic_image` (same drawing code) painted in colour.
 
-    if rng.uniform() < 0.5:
-        frame_width = int(rng.integers(1, max_outline_width + 1))
-        draw.rectangle([0, 0, width - 1, height - 1], outline=0, width=frame_width)
-    return uint8_scale_to_signed_unit(np.asarray(canvas))[..., None]
+    The colour-hiding task's hard case (NIB paper, section 4.2 and Figure 7: invertible grayscale
+    "fails to accurately encode color information into the grayscale image in flat regions"):
+    a sky (one colour, or a vertical gradient between two), often a flat-coloured ground, 4–8
+    shapes with near-black ink outlines, cel-shaded: most filled with one exact colour, some
+    with a linear or radial gradient between two colours (`COLOUR_FILL_STYLES`, no hatching or
+    dots). Three shapes are flat near-black, near-white and a muted mid tone; the others take
+    colours with each channel uniform in 0…255, so two regions of equal luminance and different
+    hue are common. For a given (seed, index) it is a different image from `comic_image`'s (the
+    colour draws take other values from the same generator).
+    """
+    return uint8_scale_to_signed_unit(_comic_canvas(seed, index, size, channels=3))
 
 
 class ComicBatches(PositionalImageBatches):
@@ -268,6 +332,14 @@ class ComicBatches(PositionalImageBatches):
 
     def image(self, position: int) -> np.ndarray:
         return comic_image(self.seed, position, self.size)
+
+
+class ColourComicBatches(PositionalImageBatches):
+    """Batch source of `colour_comic_image`s: the example at global position n is
+    colour_comic_image(seed, n), ``{"image": (b, H, W, 3)}`` RGB float32 in [−1, 1]."""
+
+    def image(self, position: int) -> np.ndarray:
+        return colour_comic_image(self.seed, position, self.size)
 
 
 def constant_gray_batch(
