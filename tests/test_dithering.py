@@ -156,6 +156,7 @@ def test_sample_crops_are_positional_held_out_and_mixed_with_comics():
     only_samples = SampleCropBatches(4, (32, 32), seed=3).batch(5)["image"]
     np.testing.assert_array_equal(only_samples[1::2], batch["image"][1::2])  # odd rows: crops
     assert not np.array_equal(only_samples[0::2], batch["image"][0::2])  # even rows: comics
+    assert not np.array_equal(only_samples[1], only_samples[3])  # a crop per position
     assert not set(TRAINING_SAMPLE_NAMES) & {*DEFAULT_SAMPLE_IMAGE_NAMES, "cat"}
 
 
