@@ -31,6 +31,7 @@ def tiny_config(first_layer: str = "nib", **train_overrides) -> dict:
     config["data"].update(crop_size=16, batch_size=8)
     config["model"].update(width=4, encoder_blocks=(0, 0, 0), decoder_blocks=1)
     config["loss"]["quantization_from_step"] = 2
+    config["optimizer"]["schedule"] = "constant"  # a resumed run may then train longer
     config["eval"].update(image_size=16, batch_size=8, num_batches=1, report_image_size=16)
     config["train"].update(
         num_steps=3,
