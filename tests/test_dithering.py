@@ -19,6 +19,7 @@ from noise_research.classical import ordered_dither
 from noise_research.data.sample_crops import TRAINING_SAMPLE_NAMES, SampleCropBatches
 from noise_research.data.sample_images import DEFAULT_SAMPLE_IMAGE_NAMES
 from noise_research.experiments import dithering
+from noise_research.experiments.nib_ablation import _flat
 from noise_research.tasks import halftone
 from noise_research.train.loop import LoopConfig, train
 from tests.test_halftone_task import _reference_losses
@@ -110,16 +111,6 @@ def test_structure_weight_zero_is_exactly_the_halftoning_loss(output):
     expected = _reference_losses(y, gray, 1, output)
     assert set(terms) == set(expected)  # no structure term computed or logged
     np.testing.assert_allclose(loss, expected["loss"], rtol=2e-4)
-
-
-def _flat(config, prefix=""):
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def test_dithering_variants_validate_and_differ_only_in_the_blue_noise_weight():
