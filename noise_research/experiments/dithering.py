@@ -33,10 +33,15 @@ pictures of seed 0 (other seeds in ``DIR/seed_<s>/``): ``samples.png`` (each sam
 method's halftone of it), ``spectra.png`` and ``anisotropy.png``.
 
 **CPU budget** (the default): the halftoning demo's sizes (ResNet of 10 blocks at width 16, 64²
-crops, batch 4 + 4 constant gray, Adam 1e-3) for `halftone.DITHERING_DEMO_STEPS` steps per
-variant. Measured: 4.0 steps/s on 2 idle CPU cores (300 steps of
-``configs/halftone/dithering.py:blue_noise_demo``; 1.3–3 steps/s once other jobs share the cores),
-so the default is about 7 minutes per variant, 15 for the experiment, on idle cores.
+crops, batch 4 + 4 constant gray, Adam 1e-3) for `halftone.DITHERING_DEMO_STEPS` = 1,500 steps per
+variant. Chosen from a measured 4.0 steps/s on 2 nearly idle CPU cores (the first 100 steps of
+``configs/halftone/dithering.py:blue_noise_demo``), so about 7 minutes per variant and 15 for the
+experiment on idle cores. On the shared 2-core VM (load 6–9 from other jobs) the same command took
+40.6 minutes: 1,654 s and 768 s of training (1.0–2 steps/s), the rest compiling and evaluating.
+That run, seed 0, 256² samples: Floyd–Steinberg 41.8 dB / SSIM 0.081, ordered 35.5 / 0.071,
+Ostromoukhov 43.2 / 0.078, without L_B 27.0 / 0.095, with L_B 25.8 / 0.110 (low-frequency energy
+0.016 / 0.014 against < 0.001 for error diffusion): the networks already have the better SSIM, as
+in the paper, but are ~16 dB short in tone; the paper's budget (``--paper``) is what closes that.
 
 **Accelerator** (``--paper``): ``configs/halftone/dithering.py:blue_noise`` / ``:no_blue_noise``
 at the paper's halftoning sizes (width 64, 256² crops, batch 8 + 8, Adam 1e-4, 100,000 steps);

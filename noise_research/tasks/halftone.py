@@ -266,12 +266,13 @@ DITHERING_VARIANTS = tuple(
 """`configs/halftone/dithering.py` arguments: with / without L_B, the paper's size or ``_demo``."""
 
 DITHERING_STRUCTURE_WEIGHT = 0.1
-"""``loss.structure_weight`` of the dithering configs (our choice: the papers give none for a
-network; see `dithering_config`)."""
+"""``loss.structure_weight`` of the dithering configs (our choice: the NIB paper gives none).
+Measured, 400 demo steps with L_B, seed 0, on the 256² scikit-image samples: weight 0 gives tone
+22.1 dB / SSIM 0.069, 0.1 gives 21.0 / 0.157, 0.5 gives 13.5 / 0.201 (the tone collapses)."""
 
 DITHERING_DEMO_STEPS = 1500
-"""``train.num_steps`` of the ``_demo`` dithering configs: ≈ 7 minutes on 2 idle CPU cores
-(measured, `noise_research.experiments.dithering`)."""
+"""``train.num_steps`` of the ``_demo`` dithering configs: ≈ 7 minutes on 2 idle CPU cores (4.0
+steps/s measured; 13–28 minutes on the shared VM, `noise_research.experiments.dithering`)."""
 
 
 def dithering_variant_from_arg(arg: str | None) -> tuple[bool, bool]:
