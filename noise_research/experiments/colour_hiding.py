@@ -24,19 +24,22 @@ the stored grayscale, the restored colour and the error map).
 **CPU budget** (the default): the demo sizes (width 16, encoder blocks (1, 2, 1), decoder 3,
 32² crops of comics and sample photographs mixed, batch 8, Adam 2e-3 then 2e-4 in the
 quantization stage) for ``DEFAULT_CPU_STEPS`` steps, evaluated on 16 images of 64² of each kind.
-Measured on a 2-core VM shared with three other jobs (load 7–9), seed 0, embedded PSNR / SSIM
-and comic PSNR / SSIM / flat-region PSNR after uint8:
+Measured on a 2-core VM shared with three other jobs, seed 0, embedded PSNR / SSIM and comic
+PSNR / SSIM / flat-region PSNR after uint8:
 
-* ``--steps 2000`` (594 s wall, the command got 53 % of the CPU): plain 20.84 / 0.805, 18.01 /
-  0.866 / 18.06; NIB 21.49 / 0.805, 18.69 / 0.843 / 18.68. Neither model hides hue yet: both
-  restore a luminance-driven palette.
-* ``--steps 6000`` (1263 s wall): plain 21.61 / 0.744, 21.04 / 0.810 / 20.75; NIB 26.40 /
-  0.828, 25.04 / 0.841 / 25.71. Training restoration MSE at steps 1,000 / 2,000 / 3,000 /
-  4,000 / 6,000: plain 0.046 / 0.039 / 0.035 / 0.025 / 0.016, NIB 0.038 / 0.028 / 0.014 / 0.010 /
-  0.007 (≈ 0.045 is the plateau of restoring colour from luminance alone). In Figure 7 the
-  plain model restores wrong hues over whole flat regions of the comic; the NIB model's gray
-  carries a fine texture there and its colours are right — the paper's Figure 7. Part of the gap
-  is learning speed: the plain model was still improving.
+* the default, 4,000 steps (493 s wall at load ≈ 3, the command getting 122 % of the CPU;
+  ≈ 245 s of training per run): plain 21.34 / 0.778, 19.23 / 0.851 / 19.34; NIB 25.41 /
+  0.812, 23.80 / 0.830 / 24.70. The NIB's faint texture in flat regions costs it comic SSIM.
+* ``--steps 2000`` (594 s wall at load 7–9, the command getting 53 % of the CPU): plain
+  20.84 / 0.805, 18.01 / 0.866 / 18.06; NIB 21.49 / 0.805, 18.69 / 0.843 / 18.68. Neither
+  model hides hue yet: both restore a luminance-driven palette.
+* ``--steps 6000`` (1263 s wall at load 7–9): plain 21.61 / 0.744, 21.04 / 0.810 / 20.75;
+  NIB 26.40 / 0.828, 25.04 / 0.841 / 25.71. Training restoration MSE at steps 1,000 / 2,000 /
+  3,000 / 4,000 / 6,000: plain 0.046 / 0.039 / 0.035 / 0.025 / 0.016, NIB 0.038 / 0.028 /
+  0.014 / 0.010 / 0.007 (≈ 0.045 is the plateau of restoring colour from luminance alone). In
+  Figure 7 the plain model restores wrong hues over whole flat regions of the comic; the NIB
+  model's gray carries a fine texture there and its colours are right — the paper's Figure 7.
+  Part of the gap is learning speed: the plain model was still improving.
 """
 
 from __future__ import annotations
