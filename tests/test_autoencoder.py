@@ -264,24 +264,28 @@ def test_experiment_table_pairs_the_gaps_per_seed_over_the_common_steps():
     np.testing.assert_allclose(gap["std"], np.std([-1.0, 1.0], ddof=1))
     assert table["plain − noise"]["step_10"]["mean"] == 6.0
     assert table[contamination.ASYMMETRY]["step_10"]["mean"] == pytest.approx(0.4)
-    markdown = contamination.format_markdown(
-        table,
-        steps,
-        {
-            "seeds": [0, 1],
-            "eval_tiles": 16,
-            "tile_size": 32,
-            "config": "c",
-            "width": 16,
-            "latent_channels": 8,
-            "crop_size": 32,
-            "batch_size": 8,
-            "steps": 20,
-            "mean_train_seconds": 60.0,
-            "wall_seconds": 200.0,
-            "device": "cpu",
-        },
-    )
+    budget = {
+        "seeds": [0, 1],
+        "eval_tiles": 16,
+        "tile_size": 32,
+        "config": "c",
+        "width": 16,
+        "latent_channels": 8,
+        "crop_size": 32,
+        "batch_size": 8,
+        "steps": 20,
+        "mean_train_seconds": 60.0,
+        "wall_seconds": 200.0,
+        "device": "cpu",
+    }
+    markdown = contamination.format_markdown(table, steps, budget)
     assert "| NIB − plain | -2.00 ± 0.00 | 0.00 ± 1.41 |" in markdown
     assert "plain / noise / NIB: 41.00 / 27.00 / 41.00 dB" in markdown
     assert "47.95 / 35.54 / 48.56 dB" in markdown
+    # One seed: the value alone, no "± 0.00" (the JSON's cell still has std 0 and n 1).
+    one_seed, steps = contamination.summarize([r for r in results if r["seed"] == 0])
+    assert one_seed["plain"]["step_20"] == {"mean": 40.0, "std": 0.0, "n": 1}
+    markdown = contamination.format_markdown(one_seed, steps, {**budget, "seeds": [0]})
+    assert "| plain | 30.00 | 40.00 |" in markdown
+    assert "| NIB − plain | -2.00 | -1.00 |" in markdown
+    assert not [line for line in markdown.splitlines() if line.startswith("| ") and "±" in line]

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from noise_research.experiments import nib_ablation
+from noise_research.experiments import nib_ablation, runs
 from noise_research.layers.nib import NibConfig
 from noise_research.tasks import halftone
 
@@ -97,14 +97,14 @@ def test_table_is_the_mean_and_spread_over_seeds_and_a_rerun_reads_the_finished_
 ):
     argv = ["--seeds", "2", "--out", str(tmp_path), "--variants", "no-NIB,D-B-0.5", *TINY]
     report = nib_ablation.main(argv)
-    runs = report["runs"]
-    assert sorted((r["variant"], r["seed"]) for r in runs) == [
+    trained = report["runs"]
+    assert sorted((r["variant"], r["seed"]) for r in trained) == [
         ("D-B-0.5", 0),
         ("D-B-0.5", 1),
         ("no-NIB", 0),
         ("no-NIB", 1),
     ]
-    for run in runs:
+    for run in trained:
         on_disk = json.loads(
             (tmp_path / "runs" / run["variant"] / f"seed_{run['seed']}" / "result.json").read_text()
         )
@@ -114,12 +114,12 @@ def test_table_is_the_mean_and_spread_over_seeds_and_a_rerun_reads_the_finished_
     for variant, columns in report["table"].items():
         assert list(columns) == ["comic_tone_psnr", "constant_tone_psnr"]
         for column, cell in columns.items():
-            values = [r[column] for r in runs if r["variant"] == variant]
+            values = [r[column] for r in trained if r["variant"] == variant]
             assert cell["n"] == 2
             np.testing.assert_allclose(cell["mean"], np.mean(values))
             np.testing.assert_allclose(cell["std"], np.std(values, ddof=1))
     # Different seeds train different networks.
-    assert runs[0]["comic_tone_psnr"] != runs[2]["comic_tone_psnr"]
+    assert trained[0]["comic_tone_psnr"] != trained[2]["comic_tone_psnr"]
     chex.assert_trees_all_equal(
         json.loads((tmp_path / "ablation.json").read_text())["table"], report["table"]
     )
@@ -133,15 +133,16 @@ def test_table_is_the_mean_and_spread_over_seeds_and_a_rerun_reads_the_finished_
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(nib_ablation, "train", no_training)
+    monkeypatch.setattr(runs, "train", no_training)
     again = nib_ablation.main(argv)
     assert again["table"] == report["table"]
     monkeypatch.undo()
 
-    # A run finished elsewhere (a cluster job) has no result.json: its final evaluation is read
-    # from its metrics file, without training a step.
+    # A run finished elsewhere (a cluster job) has no result.json and no train_seconds.json: its
+    # final evaluation is read from its metrics file, without training a step.
     workdir = tmp_path / "runs" / "D-B-0.5" / "seed_1"
     (workdir / "result.json").unlink()
+    (workdir / "train_seconds.json").unlink()
     collected = nib_ablation.main(argv)
     assert collected["table"] == report["table"]
     assert np.isnan(json.loads((workdir / "result.json").read_text())["train_seconds"])
@@ -150,6 +151,17 @@ def test_table_is_the_mean_and_spread_over_seeds_and_a_rerun_reads_the_finished_
 def test_unknown_variant_is_refused():
     with pytest.raises(SystemExit):
         nib_ablation.main(["--variants", "S-N-0.3,X-N-0.3", "--print-commands"])
+
+
+def test_a_variant_override_sets_an_existing_key_and_names_an_unknown_one():
+    config = {"model": {"nib": {"noise_scale": 0.3}}}
+    runs.set_key(config, "model.nib.noise_scale", 0.03)
+    assert config == {"model": {"nib": {"noise_scale": 0.03}}}
+    with pytest.raises(KeyError, match=r"no config key 'model\.nib\.noise_scal'"):
+        runs.set_key(config, "model.nib.noise_scal", 0.5)
+    assert runs.chosen("S-N-0.3,no-NIB", nib_ablation.VARIANTS) == ["S-N-0.3", "no-NIB"]
+    assert runs.chosen("S-N-0.3,X", nib_ablation.VARIANTS) is None
+    assert runs.chosen(",", nib_ablation.VARIANTS) is None
 
 
 def test_bar_chart_has_a_group_per_variant_with_std_bars_and_the_no_nib_lines(tmp_path):

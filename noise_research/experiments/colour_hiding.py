@@ -45,21 +45,17 @@ PSNR / SSIM / flat-region PSNR after uint8:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
 import numpy as np
 
 from noise_research import config_schema as cs
-from noise_research.experiments import tables
-from noise_research.experiments.nib_ablation import _mean_of_measured, workdir_of
+from noise_research.experiments import runs, tables
 from noise_research.tasks import colour_hiding
-from noise_research.train.loop import LoopConfig, train
 from noise_research.viz import save_image_grid
 
 VARIANTS = {"plain": "Color-hiding (plain)", "nib": "Color-hiding + NIB"}
@@ -100,15 +96,7 @@ def run_config(variant: str, seed: int, args: argparse.Namespace) -> dict[str, A
         first_layer=FIRST_LAYERS[variant], demo=not args.paper
     ).to_dict()
     steps = args.steps or (config["train"]["num_steps"] if args.paper else DEFAULT_CPU_STEPS)
-    config["train"].update(
-        seed=seed,
-        num_steps=steps,
-        eval_every=steps,
-        checkpoint_every=max(1, steps // 4),
-        report_every=0,
-        final_report=False,
-        progress=args.progress,
-    )
+    runs.set_train_budget(config, seed=seed, steps=steps, progress=args.progress)
     # The demo's learning-rate drop sits at the same fraction of the run (optimizer section).
     config["loss"]["quantization_from_step"] = int(
         colour_hiding.QUANTIZATION_STAGE_FRACTION * steps
@@ -121,20 +109,15 @@ def run_one(
     variant: str, seed: int, args: argparse.Namespace
 ) -> tuple[dict[str, Any], colour_hiding.ColourHidingTask, Any]:
     """Trains (or resumes, or reads back) one run: its result row, its task and final state."""
-    workdir = workdir_of(args.out, variant, seed)
+    workdir = runs.workdir_of(args.out, variant, seed)
     config = run_config(variant, seed, args)
     task = colour_hiding.build(config)
-    started = time.perf_counter()
-    # A width-16 network fills no accelerator: each run takes one device (the first).
-    loop = train(task, LoopConfig(**config["train"]), str(workdir), devices=jax.devices()[:1])
-    seconds = time.perf_counter() - started
-    if loop.preempted:
-        raise SystemExit(f"interrupted during {workdir}: run the same command again to continue")
-    result_path = workdir / "result.json"
-    if loop.already_finished and result_path.exists():
-        return json.loads(result_path.read_text()), task, loop.state
+    loop, seconds = runs.train_or_resume(task, config, workdir)
     if loop.already_finished:
-        raise SystemExit(f"{workdir} is finished but has no result.json; remove it to rerun")
+        finished = runs.read_result(workdir)
+        if finished is None:
+            raise SystemExit(f"{workdir} is finished but has no result.json; remove it to rerun")
+        return finished, task, loop.state
     result = {
         "variant": variant,
         "seed": seed,
@@ -144,17 +127,14 @@ def run_one(
         "embedded_psnr_continuous": float(loop.eval_metrics["embedded/psnr_continuous"]),
         "comic_psnr_continuous": float(loop.eval_metrics["comic/psnr_continuous"]),
     }
-    result_path.write_text(json.dumps(result, indent=1))
-    return result, task, loop.state
+    return runs.write_result(workdir, result), task, loop.state
 
 
 def format_markdown(table: Mapping[str, Any], budget: Mapping[str, Any]) -> str:
     """Table 3's layout (restoration after uint8 on embedded images and on flat-colour comics,
     mean ± std over seeds), the paper's numbers and the caption."""
     rows = {VARIANTS[v]: values for v, values in table.items()}
-    lines = tables.markdown_rows(
-        rows, "method", HEADERS, COLUMNS, lambda m, s: f"{m:.3f} ± {s:.3f}"
-    )
+    lines = tables.markdown_rows(rows, "method", HEADERS, COLUMNS, ".3f")
     seeds = ", ".join(str(s) for s in budget["seeds"])
     lines += [
         "",
@@ -185,14 +165,14 @@ def format_markdown(table: Mapping[str, Any], budget: Mapping[str, Any]) -> str:
 
 
 def save_figure7(
-    path: pathlib.Path, runs: Mapping[str, tuple[colour_hiding.ColourHidingTask, Any]]
+    path: pathlib.Path, trained: Mapping[str, tuple[colour_hiding.ColourHidingTask, Any]]
 ) -> pathlib.Path:
     """Figure 7's comparison on one flat-colour comic and one embedded image (the task's report
     images 0 and 2): the colour input, then per variant the stored grayscale, the restored
     colour (its PSNR in the title) and the error map."""
     images = {
         variant: task.figure7_images(state, task.eval_config.report_image_size)
-        for variant, (task, state) in runs.items()
+        for variant, (task, state) in trained.items()
     }
     grid, titles = [], []
     for index, name in ((0, "comic"), (2, "embedded")):
@@ -209,18 +189,14 @@ def save_figure7(
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=1, help="seeds 0 … N−1 per variant")
-    parser.add_argument("--out", default="runs/colour_hiding", help="output directory")
-    parser.add_argument(
-        "--steps",
-        type=int,
-        default=0,
-        help=f"steps per run (0: {DEFAULT_CPU_STEPS}, or the paper config's with --paper)",
+    runs.add_run_arguments(
+        parser,
+        per="variant",
+        seeds=1,
+        out="runs/colour_hiding",
+        steps_help=f"steps per run (0: {DEFAULT_CPU_STEPS}, or the paper config's with --paper)",
+        paper_help="the authors' sizes (:plain / :nib): an accelerator",
     )
-    parser.add_argument(
-        "--paper", action="store_true", help="the authors' sizes (:plain / :nib): an accelerator"
-    )
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.steps < 0:
         parser.error(f"--seeds {args.seeds} / --steps {args.steps}: at least one seed, steps >= 0")
@@ -232,9 +208,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if not jax.config.jax_compilation_cache_dir:
-        # The seeds of a variant compile the same programs: the later ones read them here.
-        jax.config.update("jax_compilation_cache_dir", str(out / "xla_cache"))
+    runs.use_compilation_cache(out)
     results, first_seed = [], {}
     for seed in range(args.seeds):
         for variant in VARIANTS:
@@ -257,17 +231,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "eval_images": config["eval"]["batch_size"] * config["eval"]["num_batches"],
         "eval_size": config["eval"]["image_size"],
         "embedded": ", ".join(colour_hiding.HELD_OUT_COLOUR_SAMPLES),
-        "mean_train_seconds": _mean_of_measured(
+        "mean_train_seconds": runs.mean_of_measured(
             [r["train_seconds"] for r in results if "train_seconds" in r]
         ),
         "wall_seconds": time.perf_counter() - started,
-        "device": str(jax.devices()[0].device_kind),
+        "device": runs.device_kind(),
     }
     report = {"table": table, "budget": budget, "paper": PAPER_TABLE_3, "runs": results}
-    (out / "colour_hiding.json").write_text(json.dumps(report, indent=1))
-    markdown = format_markdown(table, budget)
-    (out / "colour_hiding.md").write_text(markdown)
-    print(markdown)
+    runs.save_report(out, "colour_hiding", report, format_markdown(table, budget))
     return report
 
 

@@ -48,21 +48,18 @@ steps) for an accelerator.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
 import numpy as np
 
 from noise_research import config_schema as cs
-from noise_research.experiments import tables
-from noise_research.experiments.nib_ablation import _mean_of_measured, workdir_of
+from noise_research.experiments import runs, tables
 from noise_research.tasks import autoencoder
-from noise_research.train.loop import LoopConfig, restore_state, train
+from noise_research.train.loop import LoopConfig, restore_state
 from noise_research.train.metric_writer import read_metrics
 from noise_research.viz import method_colors, save_line_plot_grid
 
@@ -91,14 +88,8 @@ def run_config(variant: str, seed: int, args: argparse.Namespace) -> dict[str, A
     first_layer = autoencoder.VARIANT_FIRST_LAYERS[variant]
     config = autoencoder.experiment_config(first_layer=first_layer, demo=not args.paper).to_dict()
     steps = args.steps or config["train"]["num_steps"]
-    config["train"].update(
-        seed=seed,
-        num_steps=steps,
-        eval_every=max(1, steps // EVAL_POINTS),
-        checkpoint_every=max(1, steps // 4),
-        report_every=0,
-        final_report=False,
-        progress=args.progress,
+    runs.set_train_budget(
+        config, seed=seed, steps=steps, progress=args.progress, evaluations=EVAL_POINTS
     )
     if config["optimizer"]["warmup_steps"] >= steps:
         config["optimizer"]["warmup_steps"] = steps // 10
@@ -118,22 +109,12 @@ def eval_history(workdir: str | pathlib.Path, key: str = "reconstruction_psnr") 
 def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """Trains (or resumes) one run and reads its evaluations over the budget; a finished run is
     read from its result.json."""
-    workdir = workdir_of(args.out, variant, seed)
-    result_path = workdir / "result.json"
-    if result_path.exists():
-        return json.loads(result_path.read_text())
+    workdir = runs.workdir_of(args.out, variant, seed)
+    finished = runs.read_result(workdir)
+    if finished is not None:
+        return finished
     config = run_config(variant, seed, args)
-    started = time.perf_counter()
-    # A small autoencoder fills no accelerator: each run takes one device (the first).
-    loop = train(
-        autoencoder.build(config),
-        LoopConfig(**config["train"]),
-        str(workdir),
-        devices=jax.devices()[:1],
-    )
-    seconds = time.perf_counter() - started
-    if loop.preempted:
-        raise SystemExit(f"interrupted during {workdir}: run the same command again to continue")
+    loop, seconds = runs.train_or_resume(autoencoder.build(config), config, workdir)
     history = eval_history(workdir)
     if loop.step not in history:
         raise SystemExit(f"{workdir} is at step {loop.step} but has no evaluation there")
@@ -141,7 +122,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
         "variant": variant,
         "seed": seed,
         "steps": loop.step,
-        "train_seconds": seconds if not loop.already_finished else float("nan"),
+        "train_seconds": seconds,
         "psnr_by_step": {str(step): psnr for step, psnr in sorted(history.items())},
         **{
             f"{key}_by_step": {
@@ -150,8 +131,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
             for key in PROBES
         },
     }
-    result_path.write_text(json.dumps(result, indent=1))
-    return result
+    return runs.write_result(workdir, result)
 
 
 def step_column(step: int) -> str:
@@ -206,9 +186,7 @@ def format_markdown(table: tables.Table, steps: Sequence[int], budget: Mapping[s
     """The table as markdown (dB, mean ± std over seeds) with its caption."""
     columns = [step_column(s) for s in steps]
     headers = {step_column(s): f"step {s}" for s in steps}
-    lines = tables.markdown_rows(
-        table, "variant", headers, columns, lambda m, s: f"{m:.2f} ± {s:.2f}"
-    )
+    lines = tables.markdown_rows(table, "variant", headers, columns, ".2f")
     seeds = ", ".join(str(s) for s in budget["seeds"])
     final = step_column(steps[-1])
     paper = " / ".join(f"{PAPER_DB[v]:.2f}" for v in VARIANTS)
@@ -277,10 +255,10 @@ def save_comparison_figure(args: argparse.Namespace, variants: Sequence[str], pa
         config = run_config(variant, 0, args)
         task = autoencoder.build(config)
         restored = restore_state(
-            task, LoopConfig(**config["train"]), str(workdir_of(args.out, variant, 0))
+            task, LoopConfig(**config["train"]), str(runs.workdir_of(args.out, variant, 0))
         )
         if restored is None:
-            raise SystemExit(f"{workdir_of(args.out, variant, 0)} holds no checkpoint")
+            raise SystemExit(f"{runs.workdir_of(args.out, variant, 0)} holds no checkpoint")
         image = autoencoder.report_image(config["eval"]["report_image_size"])
         reconstruction, first_input = task.reconstruct(restored[0], image)
         reconstructions[variant] = reconstruction[0]
@@ -294,25 +272,18 @@ def save_comparison_figure(args: argparse.Namespace, variants: Sequence[str], pa
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line's arguments, checked (an unknown variant exits with status 2)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=1, help="seeds 0 … N−1 per variant")
-    parser.add_argument("--out", default="runs/contamination", help="output directory")
-    parser.add_argument(
-        "--steps",
-        type=int,
-        default=0,
-        help="steps per run (0: the config's, 4,000 for the CPU demo, 50,000 with --paper)",
+    runs.add_run_arguments(
+        parser,
+        per="variant",
+        seeds=1,
+        out="runs/contamination",
+        steps_help="steps per run (0: the config's, 4,000 for the CPU demo, 50,000 with --paper)",
+        paper_help="the full sizes (an accelerator), not the CPU demo",
     )
-    parser.add_argument(
-        "--paper", action="store_true", help="the full sizes (an accelerator), not the CPU demo"
-    )
-    parser.add_argument(
-        "--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {VARIANTS}"
-    )
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    runs.add_subset_argument(parser, "--variants", VARIANTS)
     args = parser.parse_args(argv)
-    variants = [name for name in args.variants.split(",") if name]
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown or not variants or args.seeds < 1 or args.steps < 0:
+    variants = runs.chosen(args.variants, VARIANTS)
+    if variants is None or args.seeds < 1 or args.steps < 0:
         parser.error(
             f"--variants {args.variants!r} / --seeds {args.seeds} / --steps {args.steps}: "
             f"variants among {', '.join(VARIANTS)}, at least one seed, steps >= 0"
@@ -327,9 +298,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     variants = args.variant_list
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if not jax.config.jax_compilation_cache_dir:
-        # The seeds of a variant compile the same programs: the later ones read them here.
-        jax.config.update("jax_compilation_cache_dir", str(out / "xla_cache"))
+    runs.use_compilation_cache(out)
     results = [run_one(v, seed, args) for seed in range(args.seeds) for v in variants]
     table, steps = summarize(results)
     figure_psnr = save_comparison_figure(args, variants, out / "figure5.png")
@@ -346,9 +315,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "batch_size": config["data"]["batch_size"],
         "eval_tiles": autoencoder.build(config).num_eval_batches * config["eval"]["batch_size"],
         "tile_size": config["eval"]["tile_size"],
-        "mean_train_seconds": _mean_of_measured([r["train_seconds"] for r in results]),
+        "mean_train_seconds": runs.mean_of_measured([r["train_seconds"] for r in results]),
         "wall_seconds": time.perf_counter() - started,
-        "device": str(jax.devices()[0].device_kind),
+        "device": runs.device_kind(),
     }
     report = {
         "table": table,
@@ -358,10 +327,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "figure5_psnr": figure_psnr,
         "runs": results,
     }
-    (out / "contamination.json").write_text(json.dumps(report, indent=1))
-    markdown = format_markdown(table, steps, budget)
-    (out / "contamination.md").write_text(markdown)
-    print(markdown)
+    runs.save_report(out, "contamination", report, format_markdown(table, steps, budget))
     return report
 
 

@@ -16,7 +16,7 @@ Each variant (`VARIANTS`: ``blue_noise``, ``no_blue_noise``, the arguments of
 ``configs/halftone/dithering.py``; the loss and data are `tasks.halftone.dithering_config`'s) and
 seed is one run of the halftoning task in ``DIR/runs/<variant>/seed_<s>`` with the loop's
 checkpoints, so an interrupted experiment continues where it stopped and a finished run is only
-restored (`nib_ablation.workdir_of`, the same layout as the noise-mode ablation). Then every
+restored (`runs.workdir_of`, the same layout as the noise-mode ablation). Then every
 network and the three classical halftoners halftone the same images:
 
 * the scikit-image samples (`data.sample_images`: camera, astronaut, coffee, chelsea, rocket,
@@ -51,24 +51,20 @@ at the paper's halftoning sizes (width 64, 256² crops, batch 8 + 8, Adam 1e-4, 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
 import numpy as np
 
 from noise_research import config_schema as cs
 from noise_research.classical import CLASSICAL_HALFTONERS
 from noise_research.data.sample_images import DEFAULT_SAMPLE_IMAGE_NAMES, sample_images
-from noise_research.experiments import tables
-from noise_research.experiments.nib_ablation import _mean_of_measured, workdir_of
+from noise_research.experiments import runs, tables
 from noise_research.metrics import halftone as metrics
 from noise_research.tasks import halftone
-from noise_research.train.loop import LoopConfig, train
 
 VARIANTS: dict[str, str] = {
     "no_blue_noise": "deep neural dithering w/o L_B",
@@ -99,20 +95,8 @@ def run_config(variant: str, seed: int, args: argparse.Namespace) -> dict[str, A
         blue_noise=variant == "blue_noise", demo=not args.paper
     ).to_dict()
     steps = args.steps or config["train"]["num_steps"]
-    config["train"].update(
-        seed=seed,
-        num_steps=steps,
-        eval_every=steps,
-        checkpoint_every=max(1, steps // 6),
-        report_every=0,
-        final_report=False,
-        progress=args.progress,
-    )
-    if args.crop_size:
-        config["data"]["crop_size"] = args.crop_size
-        config["eval"]["image_size"] = args.crop_size
-    if args.width:
-        config["model"]["width"] = args.width
+    runs.set_train_budget(config, seed=seed, steps=steps, progress=args.progress, checkpoints=6)
+    runs.set_halftone_sizes(config, args)
     if args.structure_weight is not None:
         config["loss"]["structure_weight"] = args.structure_weight
     cs.validate(config, halftone.config_rules(), num_devices=1)
@@ -124,23 +108,14 @@ def train_variant(
 ) -> tuple[halftone.Halftoner, dict[str, Any]]:
     """Trains (or resumes, or restores a finished) run; its network as a halftoner and the run's
     facts (steps, seconds of the session that finished it; NaN when it was finished before)."""
-    workdir = workdir_of(args.out, variant, seed)
     config = run_config(variant, seed, args)
     task = halftone.build(config)
-    started = time.perf_counter()
-    # A small ResNet fills no accelerator: each run takes one device (the first).
-    loop = train(task, LoopConfig(**config["train"]), str(workdir), devices=jax.devices()[:1])
-    if loop.preempted:
-        raise SystemExit(f"interrupted during {workdir}: run the same command again to continue")
-    timing_path = workdir / "train_seconds.json"
-    if not loop.already_finished:
-        timing_path.write_text(json.dumps({"train_seconds": time.perf_counter() - started}))
-    seconds = json.loads(timing_path.read_text())["train_seconds"] if timing_path.exists() else None
+    loop, seconds = runs.train_or_resume(task, config, runs.workdir_of(args.out, variant, seed))
     facts = {
         "variant": variant,
         "seed": seed,
         "steps": loop.step,
-        "train_seconds": float("nan") if seconds is None else seconds,
+        "train_seconds": seconds,
         "final_eval": {k: float(v) for k, v in (loop.eval_metrics or {}).items()},
     }
     state = loop.state
@@ -178,13 +153,7 @@ def evaluate(
 def format_markdown(table: tables.Table, budget: Mapping[str, Any]) -> str:
     """Table 4's layout (method, tone PSNR, SSIM) + low-frequency energy, the paper's Table 4
     beside it, and the caption saying what was run."""
-    lines = tables.markdown_rows(
-        table,
-        "method",
-        HEADERS,
-        COLUMNS,
-        lambda m, s: f"{m:.3f}" + (f" ± {s:.3f}" if s else ""),
-    )
+    lines = tables.markdown_rows(table, "method", HEADERS, COLUMNS, ".3f")
     seeds = ", ".join(str(s) for s in budget["seeds"])
     lines += [
         "",
@@ -220,41 +189,31 @@ def write_report(
     table = tables.mean_std_over_seeds(results, "method", ROWS, COLUMNS)
     report = {"table": table, "budget": dict(budget), "paper_table_4": PAPER_TABLE_4}
     report["results"] = list(results)
-    (out / "dithering.json").write_text(json.dumps(report, indent=1))
-    markdown = format_markdown(table, budget)
-    (out / "dithering.md").write_text(markdown)
-    print(markdown)
+    runs.save_report(out, "dithering", report, format_markdown(table, budget))
     return report
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="runs/dithering", help="output directory")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds 0 … N−1 per variant")
-    parser.add_argument(
-        "--steps",
-        type=int,
-        default=0,
-        help=f"steps per run (0: {halftone.DITHERING_DEMO_STEPS}, or the paper config's with "
-        "--paper)",
-    )
-    parser.add_argument(
-        "--paper", action="store_true", help="the paper's sizes: for an accelerator"
+    runs.add_run_arguments(
+        parser,
+        per="variant",
+        seeds=1,
+        out="runs/dithering",
+        steps_help=f"steps per run (0: {halftone.DITHERING_DEMO_STEPS}, or the paper config's "
+        "with --paper)",
+        paper_help="the paper's sizes: for an accelerator",
     )
     parser.add_argument(
         "--sample-size", type=int, default=256, help="side of the evaluation images"
     )
-    parser.add_argument(
-        "--crop-size", type=int, default=0, help="training crops and eval images (0: config's)"
-    )
-    parser.add_argument("--width", type=int, default=0, help="the ResNet's width (0: config's)")
+    runs.add_halftone_size_arguments(parser)
     parser.add_argument(
         "--structure-weight",
         type=float,
         default=None,
         help=f"loss.structure_weight (default {halftone.DITHERING_STRUCTURE_WEIGHT})",
     )
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.sample_size < 16:
         parser.error(f"--seeds {args.seeds} / --sample-size {args.sample_size}: >= 1 / >= 16")
@@ -266,17 +225,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", str(out / "xla_cache"))
+    runs.use_compilation_cache(out)
     classical = {
         name: halftone.one_image_at_a_time(fn) for name, fn in CLASSICAL_HALFTONERS.items()
     }
-    results, runs = [], []
+    results, trained = [], []
     for seed in range(args.seeds):
         networks = {}
         for variant, row in VARIANTS.items():
             networks[row], facts = train_variant(variant, seed, args)
-            runs.append(facts)
+            trained.append(facts)
         # The classical halftoners are deterministic: their rows are measured once, with seed 0.
         methods = {**(classical if seed == 0 else {}), **networks}
         figures = evaluate(methods, out if seed == 0 else out / f"seed_{seed}", args.sample_size)
@@ -284,17 +242,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     config = run_config("blue_noise", 0, args)
     budget = {
         "config": "configs/halftone/dithering.py:<variant>" + ("" if args.paper else "_demo"),
-        "steps": runs[0]["steps"],
+        "steps": trained[0]["steps"],
         "seeds": list(range(args.seeds)),
         "width": config["model"]["width"],
         "crop_size": config["data"]["crop_size"],
         "structure_weight": config["loss"]["structure_weight"],
         "samples": list(DEFAULT_SAMPLE_IMAGE_NAMES),
         "sample_size": args.sample_size,
-        "mean_train_seconds": _mean_of_measured([r["train_seconds"] for r in runs]),
+        "mean_train_seconds": runs.mean_of_measured([r["train_seconds"] for r in trained]),
         "wall_seconds": time.perf_counter() - started,
-        "device": str(jax.devices()[0].device_kind),
-        "runs": runs,
+        "device": runs.device_kind(),
+        "runs": trained,
     }
     return write_report(out, results, budget)
 

@@ -29,11 +29,9 @@ Writes ``DIR/geometry.md`` and ``geometry.json`` (the table, every seed's values
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import shutil
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,11 +39,10 @@ import jax
 import numpy as np
 
 from noise_research import config_schema as cs
-from noise_research.experiments import tables
+from noise_research.experiments import runs, tables
 from noise_research.metrics.gan_geometry import intermediate_features, layer_spectra
 from noise_research.models.dcgan import INJECTIONS
 from noise_research.tasks import gan
-from noise_research.train.loop import LoopConfig, train
 from noise_research.train.metric_writer import read_metrics
 from noise_research.viz.plots import save_line_plot_grid
 
@@ -64,12 +61,13 @@ def run_config(injection: str, seed: int, args: argparse.Namespace) -> dict[str,
     """The GAN config of one run: the DCGAN demo with this injection and seed."""
     config = gan.experiment_config(injection=injection, demo=True).to_dict()
     steps = args.steps or config["train"]["num_steps"]
-    config["train"].update(
+    runs.set_train_budget(
+        config,
         seed=seed,
-        num_steps=steps,
-        eval_every=max(1, steps // 4),
-        checkpoint_every=max(1, steps // 4),
+        steps=steps,
         progress=args.progress,
+        evaluations=4,
+        report_pictures=True,  # the final samples.png is the experiment's sample picture
     )
     if args.width:
         config["model"].update(width=args.width, discriminator_width=args.width)
@@ -129,18 +127,13 @@ def jacobian_ranks(task: gan.GanTask, state: Any, num_samples: int) -> dict[str,
 
 def run_one(injection: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """Trains (or resumes) one run and measures it; a finished run is read from result.json."""
-    workdir = pathlib.Path(args.out) / "runs" / injection / f"seed_{seed}"
-    result_path = workdir / "result.json"
-    if result_path.exists():
-        return json.loads(result_path.read_text())
+    workdir = runs.workdir_of(args.out, injection, seed)
+    finished = runs.read_result(workdir)
+    if finished is not None:
+        return finished
     config = run_config(injection, seed, args)
     task = gan.build(config)
-    started = time.perf_counter()
-    # A 32² DCGAN fills no accelerator: each run takes one device (the first).
-    loop = train(task, LoopConfig(**config["train"]), str(workdir), devices=jax.devices()[:1])
-    seconds = time.perf_counter() - started
-    if loop.preempted:
-        raise SystemExit(f"interrupted during {workdir}: run the same command again to continue")
+    loop, seconds = runs.train_or_resume(task, config, workdir)
     state = jax.tree.map(np.asarray, loop.state)
     result = {
         "injection": injection,
@@ -157,8 +150,7 @@ def run_one(injection: str, seed: int, args: argparse.Namespace) -> dict[str, An
         target = pathlib.Path(args.out) / "samples" / f"{injection}_seed{seed}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(samples[-1], target)
-    result_path.write_text(json.dumps(result, indent=1))
-    return result
+    return runs.write_result(workdir, result)
 
 
 def _curve(workdir: str) -> dict[str, list[float]]:
@@ -180,9 +172,7 @@ def summarize(results: Sequence[Mapping[str, Any]]) -> tables.Table:
 
 def format_markdown(table: Mapping[str, Any], budget: Mapping[str, Any]) -> str:
     """The table as markdown, mean ± std over seeds, with its caption."""
-    lines = tables.markdown_rows(
-        table, "injection", HEADERS, COLUMNS, lambda m, s: f"{m:.4g} ± {s:.2g}"
-    )
+    lines = tables.markdown_rows(table, "injection", HEADERS, COLUMNS, ".4g", ".2g")
     seeds = ", ".join(str(s) for s in budget["seeds"])
     lines += [
         "",
@@ -221,10 +211,12 @@ def save_curves(results: Sequence[Mapping[str, Any]], out: pathlib.Path) -> path
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 … N−1 per injection")
-    parser.add_argument("--out", default="runs/gan_geometry", help="output directory")
-    parser.add_argument(
-        "--steps", type=int, default=0, help="loop steps per run (0: the demo config's)"
+    runs.add_run_arguments(
+        parser,
+        per="injection",
+        seeds=3,
+        out="runs/gan_geometry",
+        steps_help="loop steps per run (0: the demo config's)",
     )
     parser.add_argument(
         "--width", type=int, default=0, help="both networks' width (0: the demo config's)"
@@ -241,16 +233,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="training steps of domain FID's feature network",
     )
     parser.add_argument("--rank-samples", type=int, default=4, help="latents for the ranks")
-    parser.add_argument(
-        "--injections",
-        default=",".join(INJECTIONS),
-        help=f"comma-separated subset of {', '.join(INJECTIONS)}",
-    )
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    runs.add_subset_argument(parser, "--injections", INJECTIONS)
     args = parser.parse_args(argv)
-    injections = [name for name in args.injections.split(",") if name]
-    unknown = sorted(set(injections) - set(INJECTIONS))
-    if unknown or args.seeds < 1:
+    injections = runs.chosen(args.injections, INJECTIONS)
+    if injections is None or args.seeds < 1:
         parser.error(
             f"--injections {args.injections!r} / --seeds {args.seeds}: injections among "
             f"{', '.join(INJECTIONS)}, at least one seed"
@@ -265,15 +251,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "condition_pairs": args.condition_pairs,
         "rank_samples": args.rank_samples,
         "fid_images": args.fid_batches * 32,
-        "mean_train_seconds": float(np.mean([r["train_seconds"] for r in results])),
-        "device": str(jax.devices()[0].device_kind),
+        "mean_train_seconds": runs.mean_of_measured([r["train_seconds"] for r in results]),
+        "device": runs.device_kind(),
     }
     report = {"table": table, "budget": budget, "runs": results}
-    (out / "geometry.json").write_text(json.dumps(report, indent=1))
-    markdown = format_markdown(table, budget)
-    (out / "geometry.md").write_text(markdown)
     save_curves(results, out)
-    print(markdown)
+    runs.save_report(out, "geometry", report, format_markdown(table, budget))
     return report
 
 

@@ -91,24 +91,19 @@ those runs by hand or use ``--print-commands``), e.g. for D-B-0.5:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import shlex
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from noise_research import config_schema as cs
-from noise_research.experiments import tables
+from noise_research.experiments import runs, tables
 from noise_research.tasks import halftone
-from noise_research.train.loop import LoopConfig, train
-from noise_research.train.metric_writer import read_metrics
 
 NO_NIB = "no-NIB"
 
@@ -150,15 +145,6 @@ def base_config_file(args: argparse.Namespace) -> str:
     return "configs/halftone/nib_resnet.py" + ("" if args.paper else ":demo")
 
 
-def _set(config: dict[str, Any], dotted: str, value: Any) -> None:
-    *sections, leaf = dotted.split(".")
-    for section in sections:
-        config = config[section]
-    if leaf not in config:
-        raise KeyError(f"no config key {dotted!r}")
-    config[leaf] = value
-
-
 def run_config(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """The halftoning config of one run: the base sizes, the variant's overrides, the seed, and
     one evaluation at the end with no report pictures."""
@@ -166,38 +152,12 @@ def run_config(variant: str, seed: int, args: argparse.Namespace) -> dict[str, A
         model="resnet", first_layer="nib", demo=not args.paper
     ).to_dict()
     for key, value in VARIANTS[variant].items():
-        _set(config, key, value)
+        runs.set_key(config, key, value)
     steps = args.steps or (config["train"]["num_steps"] if args.paper else DEFAULT_CPU_STEPS)
-    config["train"].update(
-        seed=seed,
-        num_steps=steps,
-        eval_every=steps,  # the loop evaluates at the end in any case
-        checkpoint_every=max(1, steps // 4),
-        report_every=0,
-        final_report=False,
-        progress=args.progress,
-    )
-    if args.crop_size:
-        config["data"]["crop_size"] = args.crop_size
-        config["eval"]["image_size"] = args.crop_size
-    if args.width:
-        config["model"]["width"] = args.width
+    runs.set_train_budget(config, seed=seed, steps=steps, progress=args.progress)
+    runs.set_halftone_sizes(config, args)
     cs.validate(config, halftone.config_rules(), num_devices=1)
     return config
-
-
-def workdir_of(out: str | pathlib.Path, variant: str, seed: int) -> pathlib.Path:
-    return pathlib.Path(out) / "runs" / variant / f"seed_{seed}"
-
-
-def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _flag_value(value: Any) -> str:
@@ -212,10 +172,10 @@ def config_overrides(variant: str, seed: int, args: argparse.Namespace) -> dict[
     """The ``--config.KEY=VALUE`` overrides that turn the base config file into `run_config`:
     the variant's keys always (so a command names its variant), then every other differing key."""
     # The base file, nib_resnet.py[:demo], is experiment_config(model="resnet", first_layer="nib").
-    base = _flat(
+    base = cs.flatten(
         halftone.experiment_config(model="resnet", first_layer="nib", demo=not args.paper).to_dict()
     )
-    target = _flat(run_config(variant, seed, args))
+    target = cs.flatten(run_config(variant, seed, args))
     overrides = dict(VARIANTS[variant])
     overrides.update({k: v for k, v in target.items() if base[k] != v and k not in overrides})
     return overrides
@@ -228,7 +188,7 @@ def run_command(variant: str, seed: int, args: argparse.Namespace) -> str:
         "-m",
         "noise_research.main",
         f"--config={base_config_file(args)}",
-        f"--workdir={workdir_of(args.out, variant, seed)}",
+        f"--workdir={runs.workdir_of(args.out, variant, seed)}",
         *(
             f"--config.{k}={_flag_value(v)}"
             for k, v in config_overrides(variant, seed, args).items()
@@ -254,35 +214,27 @@ def sweep_command(variant: str, seeds: int, args: argparse.Namespace) -> str:
 def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """Trains (or resumes) one run and reads its final evaluation; a finished run is read from
     result.json, one finished elsewhere (``--print-commands``) from its metrics file."""
-    workdir = workdir_of(args.out, variant, seed)
-    result_path = workdir / "result.json"
-    if result_path.exists():
-        return json.loads(result_path.read_text())
+    workdir = runs.workdir_of(args.out, variant, seed)
+    finished = runs.read_result(workdir)
+    if finished is not None:
+        return finished
     config = run_config(variant, seed, args)
-    task = halftone.build(config)
-    started = time.perf_counter()
-    # A small ResNet fills no accelerator: each run takes one device (the first).
-    loop = train(task, LoopConfig(**config["train"]), str(workdir), devices=jax.devices()[:1])
-    seconds = time.perf_counter() - started
-    if loop.preempted:
-        raise SystemExit(f"interrupted during {workdir}: run the same command again to continue")
+    loop, seconds = runs.train_or_resume(halftone.build(config), config, workdir)
     metrics = loop.eval_metrics
     if loop.already_finished:  # trained by another process: its final evaluation is on file
-        finals = [r for r in read_metrics(str(workdir), split="eval") if r["step"] == loop.step]
-        if not finals:
-            raise SystemExit(f"{workdir} is at step {loop.step} but has no evaluation there")
-        metrics, seconds = finals[-1], float("nan")
-    result = {
-        "variant": variant,
-        "seed": seed,
-        "steps": loop.step,
-        "train_seconds": seconds,
-        **{column: float(metrics[key]) for column, key in EVAL_KEYS.items()},
-        "comic_ssim": float(metrics["comic/ssim"]),
-        "constant_ssim": float(metrics["constant/ssim"]),
-    }
-    result_path.write_text(json.dumps(result, indent=1))
-    return result
+        metrics = runs.final_records(workdir, loop.step)
+    return runs.write_result(
+        workdir,
+        {
+            "variant": variant,
+            "seed": seed,
+            "steps": loop.step,
+            "train_seconds": seconds,
+            **{column: float(metrics[key]) for column, key in EVAL_KEYS.items()},
+            "comic_ssim": float(metrics["comic/ssim"]),
+            "constant_ssim": float(metrics["constant/ssim"]),
+        },
+    )
 
 
 def summarize(results: Sequence[Mapping[str, Any]]) -> tables.Table:
@@ -290,17 +242,9 @@ def summarize(results: Sequence[Mapping[str, Any]]) -> tables.Table:
     return tables.mean_std_over_seeds(results, "variant", VARIANTS, COLUMNS)
 
 
-def _mean_of_measured(seconds: Sequence[float]) -> float:
-    """The mean of the finite values (runs trained here); NaN when there are none."""
-    measured = [s for s in seconds if np.isfinite(s)]
-    return float(np.mean(measured)) if measured else float("nan")
-
-
 def format_markdown(table: Mapping[str, Any], budget: Mapping[str, Any]) -> str:
     """The table as markdown, mean ± std over seeds, with its caption."""
-    lines = tables.markdown_rows(
-        table, "variant", HEADERS, COLUMNS, lambda m, s: f"{m:.2f} ± {s:.2f}"
-    )
+    lines = tables.markdown_rows(table, "variant", HEADERS, COLUMNS, ".2f")
     seeds = ", ".join(str(s) for s in budget["seeds"])
     lines += [
         "",
@@ -357,28 +301,16 @@ def save_bar_chart(table: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line's arguments, checked (an unknown variant exits with status 2)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 … N−1 per variant")
-    parser.add_argument("--out", default="runs/nib_ablation", help="output directory")
-    parser.add_argument(
-        "--steps",
-        type=int,
-        default=0,
-        help=f"steps per run (0: {DEFAULT_CPU_STEPS}, or the paper config's with --paper)",
+    runs.add_run_arguments(
+        parser,
+        per="variant",
+        seeds=3,
+        out="runs/nib_ablation",
+        steps_help=f"steps per run (0: {DEFAULT_CPU_STEPS}, or the paper config's with --paper)",
+        paper_help="the paper's sizes (configs/halftone/nib_resnet.py): for an accelerator",
     )
-    parser.add_argument(
-        "--paper",
-        action="store_true",
-        help="the paper's sizes (configs/halftone/nib_resnet.py): for an accelerator",
-    )
-    parser.add_argument(
-        "--crop-size", type=int, default=0, help="training crops and eval images (0: config's)"
-    )
-    parser.add_argument("--width", type=int, default=0, help="the ResNet's width (0: config's)")
-    parser.add_argument(
-        "--variants",
-        default=",".join(VARIANTS),
-        help=f"comma-separated subset of {', '.join(VARIANTS)}",
-    )
+    runs.add_halftone_size_arguments(parser)
+    runs.add_subset_argument(parser, "--variants", VARIANTS)
     parser.add_argument(
         "--print-commands",
         action="store_true",
@@ -389,11 +321,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="print one `launch/sweep.py` line per variant (seeds as its axis); run nothing",
     )
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
-    variants = [name for name in args.variants.split(",") if name]
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown or not variants or args.seeds < 1:
+    variants = runs.chosen(args.variants, VARIANTS)
+    if variants is None or args.seeds < 1:
         parser.error(
             f"--variants {args.variants!r} / --seeds {args.seeds}: variants among "
             f"{', '.join(VARIANTS)}, at least one seed"
@@ -413,9 +343,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return {"commands": lines}
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if not jax.config.jax_compilation_cache_dir:
-        # The seeds of a variant compile the same programs: the second and third read them here.
-        jax.config.update("jax_compilation_cache_dir", str(out / "xla_cache"))
+    runs.use_compilation_cache(out)
     results = [run_one(v, seed, args) for seed in range(args.seeds) for v in variants]
     table = summarize(results)
     config = run_config(variants[0], 0, args)
@@ -428,15 +356,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "crop_size": config["data"]["crop_size"],
         "eval_images": eval_config["batch_size"] * eval_config["num_batches"],
         "eval_size": eval_config["image_size"],
-        "mean_train_seconds": _mean_of_measured([r["train_seconds"] for r in results]),
-        "device": str(jax.devices()[0].device_kind),
+        "mean_train_seconds": runs.mean_of_measured([r["train_seconds"] for r in results]),
+        "device": runs.device_kind(),
     }
     report = {"table": table, "budget": budget, "variants": VARIANTS, "runs": results}
-    (out / "ablation.json").write_text(json.dumps(report, indent=1))
-    markdown = format_markdown(table, budget)
-    (out / "ablation.md").write_text(markdown)
     save_bar_chart(table, out / "ablation.png")
-    print(markdown)
+    runs.save_report(out, "ablation", report, format_markdown(table, budget))
     return report
 
 

@@ -14,8 +14,8 @@ layout, mean ± std over seeds: method, domain FID, L1, PSNR; the paper's Citysc
 for the direction only) and ``DIR/synthesis.png``: the four generators on the same held-out label
 maps (seed 0), with the label map and the real photograph.
 
-The machinery is ``experiments/nib_ablation.py``'s (workdir layout, dotted overrides) and
-``experiments/tables.py``'s (mean ± std table), imported.
+The machinery is ``experiments/runs.py``'s (workdir layout, dotted overrides, resumable training)
+and ``experiments/tables.py``'s (mean ± std table), imported.
 
 **CPU budget** (the default): the demo sizes (32² pictures, generators of width 16 and 3 levels,
 batch 16) for ``DEFAULT_CPU_STEPS`` steps (half discriminator, half generator steps), persistent
@@ -32,7 +32,6 @@ segment filled flat with its mean colour (the right layout, no texture) at 425.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import time
@@ -44,11 +43,8 @@ import numpy as np
 
 from noise_research import config_schema as cs
 from noise_research.data.label_maps import colour_label_map
-from noise_research.experiments import tables
-from noise_research.experiments.nib_ablation import _mean_of_measured, _set, workdir_of
+from noise_research.experiments import runs, tables
 from noise_research.tasks import semantic_synthesis
-from noise_research.train.loop import LoopConfig, train
-from noise_research.train.metric_writer import read_metrics
 from noise_research.viz import save_image_grid
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -78,48 +74,26 @@ def run_config(method: str, seed: int, args: argparse.Namespace) -> dict[str, An
         demo=True,
     ).to_dict()
     for key, value in overrides.items():
-        _set(config, key, value)
-    steps = args.steps or DEFAULT_CPU_STEPS
-    config["train"].update(
-        seed=seed,
-        num_steps=steps,
-        eval_every=steps,
-        checkpoint_every=max(1, steps // 4),
-        report_every=0,
-        final_report=False,
-        progress=args.progress,
+        runs.set_key(config, key, value)
+    runs.set_train_budget(
+        config, seed=seed, steps=args.steps or DEFAULT_CPU_STEPS, progress=args.progress
     )
     cs.validate(config, semantic_synthesis.config_rules(), num_devices=1)
     return config
 
 
-def _final_metrics(workdir: pathlib.Path, step: int) -> dict[str, float]:
-    """The evaluation and domain FID a run trained by another process wrote at ``step``."""
-    metrics = {}
-    for split in ("eval", "domain_fid"):
-        records = [r for r in read_metrics(str(workdir), split=split) if r["step"] == step]
-        if not records:
-            raise SystemExit(f"{workdir} is at step {step} but has no {split} record there")
-        metrics.update(records[-1])
-    return metrics
-
-
 def run_one(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """Trains (or resumes) one run, reads its final evaluation and keeps the EMA generator's
     images of the comparison's label maps (``samples.npy``); a finished run is read back."""
-    workdir = workdir_of(args.out, method, seed)
-    result_path = workdir / "result.json"
-    if result_path.exists():
-        return json.loads(result_path.read_text())
+    workdir = runs.workdir_of(args.out, method, seed)
+    finished = runs.read_result(workdir)
+    if finished is not None:
+        return finished
     config = run_config(method, seed, args)
     task = semantic_synthesis.build(config)
-    started = time.perf_counter()
-    loop = train(task, LoopConfig(**config["train"]), str(workdir), devices=jax.devices()[:1])
-    seconds = time.perf_counter() - started
-    if loop.preempted:
-        raise SystemExit(f"interrupted during {workdir}: run the same command again to continue")
-    if loop.already_finished:
-        metrics, seconds = _final_metrics(workdir, loop.step), float("nan")
+    loop, seconds = runs.train_or_resume(task, config, workdir)
+    if loop.already_finished:  # trained by another process: its final evaluation is on file
+        metrics = runs.final_records(workdir, loop.step, ("eval", "domain_fid"))
     else:
         metrics = {**loop.eval_metrics, **loop.evaluations["domain_fid"]}
     batch = comparison_batch(task)
@@ -133,8 +107,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "domain_fid_images": int(metrics["domain_fid_num_fake"]),
         **{column: float(metrics[column]) for column in COLUMNS},
     }
-    result_path.write_text(json.dumps(result, indent=1))
-    return result
+    return runs.write_result(workdir, result)
 
 
 def comparison_batch(task: semantic_synthesis.SemanticSynthesisTask) -> dict[str, np.ndarray]:
@@ -147,7 +120,7 @@ def save_comparison(out: pathlib.Path, methods: Sequence[str], seed: int = 0) ->
     method's image of it (the runs of ``seed``)."""
     task = semantic_synthesis.build(run_config(methods[0], seed, _namespace()))
     batch = comparison_batch(task)
-    samples = {m: np.load(workdir_of(out, m, seed) / "samples.npy") for m in methods}
+    samples = {m: np.load(runs.workdir_of(out, m, seed) / "samples.npy") for m in methods}
     grid, titles = [], []
     for row, labels in enumerate(batch["label"]):
         grid += [colour_label_map(labels), batch["image"][row]]
@@ -164,9 +137,7 @@ def _namespace() -> argparse.Namespace:
 
 def format_markdown(table: Mapping[str, Any], budget: Mapping[str, Any]) -> str:
     """Table 2's layout (method, domain FID, L1, PSNR), mean ± std over seeds, with its caption."""
-    lines = tables.markdown_rows(
-        table, "method", HEADERS, COLUMNS, lambda m, s: f"{m:.3g} ± {s:.2g}"
-    )
+    lines = tables.markdown_rows(table, "method", HEADERS, COLUMNS, ".3g", ".2g")
     seeds = ", ".join(str(s) for s in budget["seeds"])
     paper = ", ".join(f"{m} {fid}" for m, fid in PAPER_FID.items())
     lines += [
@@ -193,21 +164,17 @@ def format_markdown(table: Mapping[str, Any], budget: Mapping[str, Any]) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=1, help="seeds 0 … N−1 per method")
-    parser.add_argument("--out", default="runs/semantic_synthesis", help="output directory")
-    parser.add_argument(
-        "--steps", type=int, default=0, help=f"steps per run (0: {DEFAULT_CPU_STEPS})"
+    runs.add_run_arguments(
+        parser,
+        per="method",
+        seeds=1,
+        out="runs/semantic_synthesis",
+        steps_help=f"steps per run (0: {DEFAULT_CPU_STEPS})",
     )
-    parser.add_argument(
-        "--methods",
-        default=",".join(METHODS),
-        help=f"comma-separated subset of {', '.join(METHODS)}",
-    )
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    runs.add_subset_argument(parser, "--methods", METHODS)
     args = parser.parse_args(argv)
-    methods = [name for name in args.methods.split(",") if name]
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown or not methods or args.seeds < 1 or args.steps < 0:
+    methods = runs.chosen(args.methods, METHODS)
+    if methods is None or args.seeds < 1 or args.steps < 0:
         parser.error(
             f"--methods {args.methods!r} / --seeds {args.seeds} / --steps {args.steps}: methods "
             f"among {', '.join(METHODS)}, at least one seed, steps >= 0"
@@ -221,8 +188,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     methods = args.method_list
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", str(out / "xla_cache"))
+    runs.use_compilation_cache(out)
     started = time.perf_counter()
     results = [run_one(m, seed, args) for seed in range(args.seeds) for m in methods]
     table = tables.mean_std_over_seeds(results, "method", METHODS, COLUMNS)
@@ -234,16 +200,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "width": config["model"]["width"],
         "domain_fid_images": results[0]["domain_fid_images"],
         "eval_images": config["eval"]["batch_size"] * config["eval"]["num_batches"],
-        "mean_train_seconds": _mean_of_measured([r["train_seconds"] for r in results]),
-        "device": str(jax.devices()[0].device_kind),
+        "mean_train_seconds": runs.mean_of_measured([r["train_seconds"] for r in results]),
+        "device": runs.device_kind(),
         "wall_seconds_this_invocation": time.perf_counter() - started,
     }
     report = {"table": table, "budget": budget, "paper_fid": PAPER_FID, "runs": results}
-    (out / "synthesis.json").write_text(json.dumps(report, indent=1))
-    markdown = format_markdown(table, budget)
-    (out / "synthesis.md").write_text(markdown)
     save_comparison(out, methods)
-    print(markdown)
+    runs.save_report(out, "synthesis", report, format_markdown(table, budget))
     return report
 
 

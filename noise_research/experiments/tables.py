@@ -1,9 +1,9 @@
 """The experiments' one table: mean ± std over seeds, per row (a variant, an injection…) and
-column, as a dict (the JSON) and as markdown rows."""
+column, as a dict (the JSON) and as markdown rows (the value alone where one seed ran)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,20 +30,31 @@ def mean_std_over_seeds(
     return table
 
 
+def cell(values: Mapping[str, float], mean_format: str, std_format: str | None = None) -> str:
+    """One table cell: ``mean ± std`` (formatted with ``mean_format`` / ``std_format``, which
+    defaults to ``mean_format``) over several seeds, the value alone for one seed (n = 1: no
+    spread was measured)."""
+    text = f"{values['mean']:{mean_format}}"
+    if values["n"] > 1:
+        text += f" ± {values['std']:{std_format or mean_format}}"
+    return text
+
+
 def markdown_rows(
     table: Mapping[str, Mapping[str, Mapping[str, float]]],
     row_header: str,
     headers: Mapping[str, str],
     columns: Sequence[str],
-    cell: Callable[[float, float], str],
+    mean_format: str,
+    std_format: str | None = None,
 ) -> list[str]:
     """The markdown lines of ``table``: a header (``row_header``, then each column's header),
-    the separator, and one line per row with ``cell(mean, std)`` per column."""
+    the separator, and one line per row with a `cell` per column."""
     lines = [
         f"| {row_header} | " + " | ".join(headers[c] for c in columns) + " |",
         "|---|" + "---|" * len(columns),
     ]
     for row, values in table.items():
-        cells = [cell(values[c]["mean"], values[c]["std"]) for c in columns]
+        cells = [cell(values[c], mean_format, std_format) for c in columns]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return lines
