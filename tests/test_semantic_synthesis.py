@@ -129,8 +129,9 @@ def test_adversarial_and_feature_matching_losses():
 
 
 def _tiny_config(architecture: str, **train_overrides) -> dict:
-    """8² label maps, width 2, 1 level, batch 8, NIB F-D-N (dynamic noise keyed by position);
-    Pix2Pix with dropout 0.5 (per-row masks keyed by position), SPADE with feature matching
+    """8² label maps, width 2, batch 8, NIB F-D-N (dynamic noise keyed by position); Pix2Pix
+    with 2 levels and dropout 0.5 (per-row masks keyed by position, in every decoder level but
+    the outermost, so it needs 2), SPADE with 1 level and feature matching
     (one discriminator scale: the multi-scale shapes have their own test). Adam's ε = 1, as in
     the GAN tests: a parameter whose gradient vanishes analytically (a bias before an instance
     norm) gets reduction-order noise, which Adam's first step turns into ±lr; with ε = 1 the
@@ -139,7 +140,7 @@ def _tiny_config(architecture: str, **train_overrides) -> dict:
     config["data"].update(resolution=8, batch_size=8)
     config["model"].update(
         width=2,
-        levels=1,
+        levels=2 if architecture == "pix2pix" else 1,
         discriminator_width=2,
         discriminator_layers=1,
         discriminator_scales=1,
@@ -183,10 +184,10 @@ def _assert_same_run(many, one, atol: float) -> None:
             np.testing.assert_allclose(many.train_metrics[name], value, rtol=1e-4, err_msg=name)
 
 
-def test_pix2pix_on_eight_devices_under_jit_is_the_one_device_run_and_resumes_exactly(tmp_path):
+def test_pix2pix_on_eight_devices_under_jit_and_pmap_is_the_one_device_run_and_resumes(tmp_path):
     """D, G, D steps with dropout and dynamic NIB noise keyed by position: 8 devices under jit
-    give the one-device run; a run stopped after 2 steps resumes to the straight run's state bit
-    for bit."""
+    and under pmap give the one-device run; a run stopped after 2 steps resumes to the straight
+    run's state bit for bit."""
     config = _tiny_config("pix2pix")
     one = _train(config, tmp_path / "one")
     assert [synthesis.build(config).step_kind(s) for s in range(3)] == [
@@ -196,8 +197,9 @@ def test_pix2pix_on_eight_devices_under_jit_is_the_one_device_run_and_resumes_ex
     ]
     assert {"l1", "psnr"} <= set(one.eval_metrics)
     assert "discriminator_loss" in one.train_metrics  # the last logged step is a D step
-    many = _train(config, tmp_path / "jit", 8, "jit", evaluate=False)
-    _assert_same_run(many, one, atol=1e-5)
+    for parallel in ("jit", "pmap"):
+        many = _train(config, tmp_path / parallel, 8, parallel, evaluate=False)
+        _assert_same_run(many, one, atol=1e-5)
     first = copy.deepcopy(config)
     first["train"]["num_steps"] = 2
     assert _train(first, tmp_path / "resumed").step == 2
@@ -206,14 +208,16 @@ def test_pix2pix_on_eight_devices_under_jit_is_the_one_device_run_and_resumes_ex
     chex.assert_trees_all_equal(resumed.state, one.state)
 
 
-def test_spade_on_eight_devices_under_pmap_is_the_one_device_run(tmp_path):
-    """SPADE with feature matching and dynamic NIB noise keyed by position (each device sees
-    only its rows): a D and a G step on 8 devices under pmap give the one-device run."""
+def test_spade_on_eight_devices_under_jit_and_pmap_is_the_one_device_run(tmp_path):
+    """SPADE with feature matching and dynamic NIB noise keyed by position (under pmap each
+    device sees only its rows): a D and a G step on 8 devices under jit and under pmap give the
+    one-device run."""
     config = _tiny_config("spade", num_steps=2)
     one = _train(config, tmp_path / "one", evaluate=False)
     assert {"feature_matching_loss", "generator_adversarial_loss"} <= set(one.train_metrics)
-    many = _train(config, tmp_path / "pmap", 8, "pmap", evaluate=False)
-    _assert_same_run(many, one, atol=1e-5)
+    for parallel in ("jit", "pmap"):
+        many = _train(config, tmp_path / parallel, 8, parallel, evaluate=False)
+        _assert_same_run(many, one, atol=1e-5)
 
 
 @pytest.mark.parametrize("architecture", ["pix2pix", "spade"])
