@@ -16,6 +16,7 @@ import pytest
 from noise_research import config_schema
 from noise_research.data.colour_images import ColourCropBatches, held_out_colour_samples
 from noise_research.data.procedural import ColourComicBatches, colour_comic_image, comic_image
+from noise_research.metrics.halftone import psnr
 from noise_research.models.invertible_grayscale import uint8_levels
 from noise_research.tasks import colour_hiding
 from noise_research.train.loop import LoopConfig, train
@@ -245,7 +246,7 @@ def test_evaluation_decodes_the_grayscale_rounded_to_uint8(monkeypatch):
     def decoded_psnr(variables):
         gray = task.model.apply(variables, colour, method="encode")
         return [
-            jnp.mean(colour_hiding.psnr(task.model.apply(variables, g, method="decode"), colour))
+            jnp.mean(psnr(task.model.apply(variables, g, method="decode"), colour))
             for g in (four_levels(gray), gray)
         ]
 

@@ -55,6 +55,7 @@ import numpy as np
 
 from noise_research import config_schema as cs
 from noise_research.experiments import runs, tables
+from noise_research.metrics.halftone import psnr
 from noise_research.tasks import colour_hiding
 from noise_research.viz import save_image_grid
 
@@ -181,7 +182,7 @@ def save_figure7(
         titles.append(f"{name}: colour")
         for variant, out in images.items():
             restored = out["restored"][index]
-            value = float(colour_hiding.psnr(restored[None], colour[None])[0])
+            value = float(psnr(restored[None], colour[None])[0])
             grid += [out["stored"][index], restored, colour_hiding.error_map(restored, colour)]
             titles += [f"{variant}: gray", f"{variant}: {value:.1f} dB", f"{variant}: |error|"]
     return save_image_grid(path, grid, titles, ncols=1 + 3 * len(images))

@@ -56,6 +56,16 @@ def tone_blur(
     return dm_pix.gaussian_blur(images, sigma, kernel_size, padding="VALID")
 
 
+def psnr(images: jax.Array, references: jax.Array) -> jax.Array:
+    """(B,) PSNR in dB of images in [-1, 1] against references: 10 log10(2² / MSE), peak-to-peak 2
+    (the PSNR of the same images on 0…255); identical images give +inf. The one PSNR of the
+    project: the tone PSNR, the autoencoder's reconstruction, colour hiding and synthesis use it."""
+    chex.assert_rank(images, 4)
+    chex.assert_equal_shape([images, references])
+    mean_squared_error = jnp.mean(jnp.square(images - references), axis=(1, 2, 3))
+    return 10.0 * jnp.log10(_PEAK_TO_PEAK**2 / mean_squared_error)
+
+
 def tone_psnr(halftone: jax.Array, gray: jax.Array) -> jax.Array:
     """Tone PSNR in dB between the blurred halftone and the blurred gray image.
 
@@ -75,9 +85,7 @@ def tone_psnr(halftone: jax.Array, gray: jax.Array) -> jax.Array:
     """
     chex.assert_rank(halftone, 4)
     chex.assert_equal_shape([halftone, gray])
-    squared_error = jnp.square(tone_blur(halftone) - tone_blur(gray))
-    mean_squared_error = jnp.mean(squared_error, axis=(1, 2, 3))
-    return 10.0 * jnp.log10(_PEAK_TO_PEAK**2 / mean_squared_error)
+    return psnr(tone_blur(halftone), tone_blur(gray))
 
 
 def ssim(halftone: jax.Array, gray: jax.Array) -> jax.Array:

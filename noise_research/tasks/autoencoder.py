@@ -50,6 +50,7 @@ from noise_research import config_schema as cs
 from noise_research.data import comic_image, sample_images
 from noise_research.data.base import PositionalImageBatches, ProcessSlice
 from noise_research.layers.nib import NibConfig
+from noise_research.metrics.halftone import psnr
 from noise_research.models.autoencoder import AUTOENCODER_FIRST_LAYERS, ConvAutoencoder
 from noise_research.tasks.base import Task
 from noise_research.train.loop import LoopConfig
@@ -61,7 +62,6 @@ from noise_research.viz import save_image_grid
 
 DTYPES = ("float32", "bfloat16")
 EVAL_NOISE_INDEX = 2**31 - 1  # eval's noise: fold_in(root, index) no training step uses
-PEAK_TO_PEAK = 2.0  # data in [−1, 1]
 
 # scikit-image's `cat` is `chelsea` (the same array): it is in neither list, so no held-out
 # image is trained on.
@@ -230,11 +230,7 @@ def variant_from_arg(arg: str | None) -> tuple[str, bool]:
 def reconstruction_psnr(reconstruction: jax.Array, image: jax.Array) -> jax.Array:
     """(B,) PSNR in dB of each reconstruction, 10·log10(2² / MSE), the reconstruction clipped
     to the data's range [−1, 1] (peak-to-peak 2); identical images give +inf."""
-    chex.assert_rank(image, 4)
-    chex.assert_equal_shape([reconstruction, image])
-    error = jnp.clip(reconstruction, -1.0, 1.0) - image
-    mean_squared_error = jnp.mean(jnp.square(error), axis=(1, 2, 3))
-    return 10.0 * jnp.log10(PEAK_TO_PEAK**2 / mean_squared_error)
+    return psnr(jnp.clip(reconstruction, -1.0, 1.0), image)
 
 
 def nib_asymmetry(fused_kernel: jax.Array, image_channels: int) -> jax.Array:

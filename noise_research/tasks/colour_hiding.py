@@ -47,7 +47,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import chex
-import dm_pix
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -341,12 +340,6 @@ def colour_hiding_losses(
     return loss, {"loss": loss, **terms}
 
 
-def psnr(images: jax.Array, references: jax.Array) -> jax.Array:
-    """(B,) PSNR in dB of images on [−1, 1] (peak-to-peak 2: the PSNR of the 0…255 images)."""
-    chex.assert_equal_shape([images, references])
-    return dm_pix.psnr((images + 1.0) / 2.0, (references + 1.0) / 2.0)
-
-
 def flat_region_mask(colour: jax.Array, window: int = FLAT_WINDOW) -> jax.Array:
     """(B, H, W, 1) 1.0 where every channel of ``colour`` is constant over the window² neighbourhood
     (entirely inside the image), else 0.0: the flat regions a plain encoder cannot texture."""
@@ -526,10 +519,14 @@ class ColourHidingTask(Task):
                 results[f"{split}/flat_psnr"] = jnp.nanmean(flat)
             results.update(
                 {
-                    f"{split}/psnr": jnp.mean(psnr(restored, colour)),
+                    f"{split}/psnr": jnp.mean(halftone_metrics.psnr(restored, colour)),
                     f"{split}/ssim": jnp.mean(halftone_metrics.ssim(restored, colour)),
-                    f"{split}/gray_psnr": jnp.mean(psnr(out["stored"], luminance(colour))),
-                    f"{split}/psnr_continuous": jnp.mean(psnr(out["restored_continuous"], colour)),
+                    f"{split}/gray_psnr": jnp.mean(
+                        halftone_metrics.psnr(out["stored"], luminance(colour))
+                    ),
+                    f"{split}/psnr_continuous": jnp.mean(
+                        halftone_metrics.psnr(out["restored_continuous"], colour)
+                    ),
                 }
             )
         return cross_replica_mean(results, parallel)
@@ -553,7 +550,9 @@ class ColourHidingTask(Task):
         out = os.path.join(workdir, "report", f"step_{step:07d}")
         os.makedirs(out, exist_ok=True)
         images = self.figure7_images(state, self.eval_config.report_image_size)
-        values = np.asarray(psnr(jnp.asarray(images["restored"]), jnp.asarray(images["colour"])))
+        values = np.asarray(
+            halftone_metrics.psnr(jnp.asarray(images["restored"]), jnp.asarray(images["colour"]))
+        )
         names = ["comic_0", "comic_1", HELD_OUT_COLOUR_SAMPLES[0], HELD_OUT_COLOUR_SAMPLES[-1]]
         grid, titles = [], []
         for i, name in enumerate(names):

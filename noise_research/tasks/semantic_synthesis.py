@@ -57,6 +57,7 @@ from noise_research.data.base import BatchSource
 from noise_research.data.label_maps import NUM_CLASSES, LabelMapBatches, colour_label_map
 from noise_research.layers.nib import NibConfig
 from noise_research.metrics.fid import domain_fid_evaluator
+from noise_research.metrics.halftone import psnr
 from noise_research.models.halftone import FIRST_LAYERS
 from noise_research.models.semantic_synthesis import (
     ARCHITECTURES,
@@ -73,7 +74,6 @@ from noise_research.viz import save_image_grid
 EVAL_SEED_OFFSET = 1_000_003  # held-out label maps come from a seed no training batch uses
 EVAL_NOISE_INDEX = 2**31 - 1  # the evaluation's NIB noise and dropout key: fold_in(root, this)
 ADVERSARIAL_LOSSES = ("non_saturating", "lsgan", "hinge")
-PSNR_PEAK = 2.0  # peak-to-peak of images in [−1, 1]
 
 
 def _side_rule() -> cs.Rule:
@@ -315,12 +315,6 @@ def feature_matching_loss(
         for f, r in zip(fake_scale, real_scale, strict=True)
     ]
     return sum(distances) / len(distances)
-
-
-def psnr(images: jax.Array, references: jax.Array) -> jax.Array:
-    """Per-row PSNR in dB of images in [−1, 1] (peak-to-peak 2)."""
-    mse = jnp.mean(jnp.square(images - references), axis=(1, 2, 3))
-    return 10.0 * jnp.log10(PSNR_PEAK**2 / jnp.maximum(mse, 1e-10))
 
 
 class SemanticSynthesisTask(Task):
